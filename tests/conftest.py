@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny models built once per test session, and an isolated data dir."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# Tests never touch the network: every model is built here.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_model import build_tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """{"qwen2": dir, "gpt2": dir, "llama": dir}: tiny random models with a trained tokenizer."""
+    root = tmp_path_factory.mktemp("models")
+    return {arch: build_tiny_model(root / arch, arch) for arch in ("qwen2", "gpt2", "llama")}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_models) -> Path:
+    """The default architecture of the tests (Qwen2, like the default model)."""
+    return tiny_models["qwen2"]
+
+
+@pytest.fixture(autouse=True)
+def tokentree_home(tmp_path, monkeypatch) -> Path:
+    """Every test gets its own data dir, so no test sees another's database."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("TOKENTREE_HOME", str(home))
+    return home

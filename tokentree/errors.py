@@ -1,0 +1,27 @@
+"""User-facing errors: each one is printed as a single line and exits non-zero."""
+
+
+class TokentreeError(Exception):
+    """A problem the user can fix; the CLI prints `tokentree: <message>` and exits with `exit_code`."""
+
+    exit_code = 2
+
+
+class ConfigError(TokentreeError):
+    pass
+
+
+class InputError(TokentreeError):
+    pass
+
+
+class ModelLoadError(TokentreeError):
+    pass
+
+
+class StoreError(TokentreeError):
+    pass
+
+
+class SessionNotFound(StoreError):
+    pass

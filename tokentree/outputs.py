@@ -1,0 +1,42 @@
+"""Plain data that crosses layers: the model engine produces it, the store caches it,
+the explorer and the views read it. No torch here: every number is a Python float/int.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """The next-token distribution after a prefix, cut to the top K."""
+
+    top_ids: tuple[int, ...]  # most likely first
+    top_probs: tuple[float, ...]
+    entropy: float  # nats, over the full vocabulary
+    norm_entropy: float  # entropy / log(vocab size), in [0, 1]
+
+
+@dataclass(frozen=True)
+class NodeOutput:
+    """What the model says at one node (a token prefix).
+
+    `token_prob`/`token_rank` describe the node's own last token under the distribution of
+    the position before it (rank 1 = most likely). They are None for the first token of a
+    prompt, which has no predicting distribution.
+    """
+
+    token_prob: float | None
+    token_rank: int | None
+    next: Distribution
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Optional, view-driven values for one node; computed only when a view asks."""
+
+    # Attention influence of every prefix position on the last one, max-normalized to [0, 1].
+    influence: tuple[float, ...] | None = None
+    # Logit lens: candidate ids, then for each layer the probability of each candidate.
+    lens_ids: tuple[int, ...] | None = None
+    lens_probs: tuple[tuple[float, ...], ...] | None = None  # [layer][candidate]

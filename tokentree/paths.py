@@ -1,0 +1,40 @@
+"""Where tokentree keeps its data. TOKENTREE_HOME overrides everything (tests use it)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+APP = "tokentree"
+
+
+def data_dir() -> Path:
+    home = os.environ.get("TOKENTREE_HOME")
+    return Path(home).expanduser() if home else platformdirs.user_data_path(APP)
+
+
+def ensure_data_dir() -> Path:
+    path = data_dir()
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def default_db_path() -> Path:
+    return data_dir() / "tokentree.db"
+
+
+def log_path() -> Path:
+    return data_dir() / "tokentree.log"
+
+
+def user_config_path() -> Path:
+    home = os.environ.get("TOKENTREE_HOME")
+    if home:
+        return Path(home).expanduser() / "config.toml"
+    return platformdirs.user_config_path(APP) / "config.toml"
+
+
+def saved_prompts_dir() -> Path:
+    return data_dir() / "prompts"
