@@ -1,0 +1,173 @@
+"""Command line: argument parsing, sub-commands and exit codes.
+
+Every user error is one line on stderr and exit code 2; an unexpected error writes its
+traceback to the log file and says where. Heavy modules (torch, transformers, urwid) are
+imported only by the commands that need them, so `sessions` and `export` start instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from tokentree import __version__
+from tokentree.errors import TokentreeError
+
+SUBCOMMANDS = ("sessions", "export", "db")
+EXPORT_FORMATS = ("text", "json", "dot", "markdown")
+
+
+def build_app_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tokentree",
+        description="Explore how a language model chooses its words, one token at a time.",
+        epilog="Sub-commands: `tokentree sessions`, `tokentree export`, `tokentree db` (each has --help).",
+    )
+    parser.add_argument("--version", action="version", version=f"tokentree {__version__}")
+    parser.add_argument("-i", "--input", action="append", metavar="FILE", default=[],
+                        help="prompt file; repeat for several root prompts (default: [prompt] example_prompt)")
+    parser.add_argument("--model", metavar="NAME_OR_PATH", help="Hugging Face model name or local directory")
+    parser.add_argument("--device", help="torch device (default: cuda, then mps, then cpu)")
+    parser.add_argument("--bf16", action="store_true", help="load the model in bfloat16")
+    parser.add_argument("--layer_prob", "--layer-prob", dest="layer_prob", action="store_true",
+                        help="enable per-layer predictions (logit lens)")
+    parser.add_argument("--resume", metavar="last|ID", help="reopen a session")
+    _add_common(parser, config=True)
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow model code from the hub to run (off by default)")
+    return parser
+
+
+def _add_common(parser: argparse.ArgumentParser, *, config: bool = False) -> None:
+    parser.add_argument("--db", metavar="PATH", help="database file (default: in the data dir)")
+    if config:
+        parser.add_argument("--config", metavar="PATH", help="config file (default: ./config.toml, user config)")
+
+
+def build_sub_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokentree")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sessions = sub.add_parser("sessions", help="list sessions, newest first")
+    sessions.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_common(sessions)
+
+    export = sub.add_parser("export", help="export a session's branch tree")
+    export.add_argument("session", nargs="?", default="last", help="last (default) or a session id")
+    export.add_argument("--format", "-f", choices=EXPORT_FORMATS, default="text")
+    export.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    export.add_argument("--ascii", action="store_true", help="ASCII tree lines instead of box drawing")
+    _add_common(export)
+
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    for name, help_text in (
+        ("path", "print the database path"),
+        ("check", "check integrity and that projections equal a replay of the events"),
+        ("rebuild", "replay all events into fresh projections"),
+    ):
+        _add_common(db_sub.add_parser(name, help=help_text))
+    backup = db_sub.add_parser("backup", help="write a consistent copy of the database (VACUUM INTO)")
+    backup.add_argument("file")
+    _add_common(backup)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in SUBCOMMANDS:
+            return run_subcommand(build_sub_parser().parse_args(argv))
+        return run_app(build_app_parser().parse_args(argv))
+    except TokentreeError as exc:
+        print(f"tokentree: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("tokentree: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+    except Exception as exc:  # noqa: BLE001 -- the last line of defence: log it, say where
+        where = log_exception()
+        print(f"tokentree: internal error: {exc!r} (details in {where})", file=sys.stderr)
+        return 1
+
+
+def log_exception() -> Path | str:
+    from tokentree.logs import setup_logging
+
+    path = setup_logging()
+    logging.getLogger("tokentree").exception("unhandled error")
+    return path
+
+
+def db_path(args: argparse.Namespace) -> Path:
+    from tokentree.paths import default_db_path
+
+    return Path(args.db).expanduser() if args.db else default_db_path()
+
+
+def run_app(args: argparse.Namespace) -> int:
+    from tokentree.launch import launch
+
+    return launch(args)
+
+
+def run_subcommand(args: argparse.Namespace) -> int:
+    if args.command == "db" and args.db_command == "path":
+        print(db_path(args))
+        return 0
+    from tokentree.store import Store
+
+    store = Store.open(db_path(args))
+    try:
+        if args.command == "sessions":
+            from tokentree.listing import format_sessions
+
+            print(format_sessions(store.list_sessions(), as_json=args.json))
+            return 0
+        if args.command == "export":
+            return run_export(store, args)
+        return run_db(store, args)
+    finally:
+        store.close()
+
+
+def run_export(store, args: argparse.Namespace) -> int:
+    from tokentree.export import export_session
+    from tokentree.sessions import resolve_session
+
+    text = export_session(store, resolve_session(store, args.session), args.format, ascii=args.ascii)
+    if args.output:
+        out = Path(args.output).expanduser()
+        try:
+            out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise TokentreeError(f"cannot write {out}: {exc.strerror}") from None
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+def run_db(store, args: argparse.Namespace) -> int:
+    from tokentree.store import maintenance
+
+    if args.db_command == "check":
+        problems = maintenance.check(store)
+        for problem in problems:
+            print(f"problem: {problem}")
+        print("ok" if not problems else f"{len(problems)} problem(s) found")
+        return 0 if not problems else 1
+    if args.db_command == "rebuild":
+        maintenance.rebuild(store)
+        print(f"rebuilt projections of {store.path}")
+        return 0
+    if args.db_command == "backup":
+        dest = Path(args.file).expanduser()
+        maintenance.backup(store, dest)
+        print(f"backed up {store.path} to {dest}")
+        return 0
+    raise AssertionError(args.db_command)
