@@ -1,0 +1,54 @@
+"""Pure display helpers for token pieces (raw bytes). No torch, no urwid.
+
+Tokens are byte strings: a byte-level BPE token can end in the middle of a UTF-8 character,
+so a piece is only decoded for display, never stored as text.
+"""
+
+from __future__ import annotations
+
+import codecs
+import unicodedata
+from collections.abc import Sequence
+
+_MARKS = {"\n": "\u23ce", "\t": "\u21e5"}  # ⏎ ⇥
+_LEADING_SPACE = "\u00b7"  # ·
+
+
+def _escape(ch: str) -> str:
+    return f"\\x{ord(ch):02x}" if ord(ch) <= 0xFF else f"\\u{ord(ch):04x}"
+
+
+def visible(piece: bytes) -> str:
+    """One token for the candidate table: whitespace and controls made visible.
+
+    Leading spaces become '·', newlines '⏎', tabs '⇥'; other control characters and bytes
+    that are not valid UTF-8 on their own become \\xNN escapes (never '�'). Special-token
+    names such as '<|endoftext|>' are plain text and come out as is.
+    """
+    # backslashreplace turns each invalid byte into the literal text '\xNN'.
+    text = piece.decode("utf-8", errors="backslashreplace")
+    stripped = text.lstrip(" ")
+    out = [_LEADING_SPACE * (len(text) - len(stripped))]
+    for ch in stripped:
+        if ch in _MARKS:
+            out.append(_MARKS[ch])
+        elif unicodedata.category(ch) == "Cc":
+            out.append(_escape(ch))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def prompt_pieces(pieces: Sequence[bytes]) -> list[str]:
+    """Per-token text for the prompt pane, so each token can be coloured on its own.
+
+    A character split across tokens appears whole on the token that completes it (the earlier
+    fragments are ''), and ''.join(result) equals the decoded text (invalid bytes become
+    U+FFFD, as in the tokenizer's own decode).
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    out = [decoder.decode(piece, final=False) for piece in pieces]
+    tail = decoder.decode(b"", final=True)  # an unfinished character at the very end
+    if tail:
+        out[-1] += tail
+    return out
