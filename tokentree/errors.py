@@ -25,3 +25,7 @@ class StoreError(TokentreeError):
 
 class SessionNotFound(StoreError):
     pass
+
+
+class ConcurrencyError(StoreError):
+    """Another writer appended to the same session first (UNIQUE(session_id, version))."""

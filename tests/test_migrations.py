@@ -1,0 +1,116 @@
+"""Alembic migrations: one head, run in code, the migrated schema equals the ORM metadata,
+and a database from a newer tokentree is refused without being touched."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect
+
+from tokentree.errors import StoreError
+from tokentree.resources import resource_path
+from tokentree.store import Store, migrate
+from tokentree.store.schema import NAMING_CONVENTION, Base
+
+
+def _fingerprint(path):
+    st = path.stat()
+    return path.read_bytes(), st.st_mtime_ns
+
+
+def test_migrations_are_found_through_resource_path():
+    folder = resource_path("migrations")
+    assert (folder / "env.py").is_file()
+    assert (folder / "script.py.mako").is_file()
+    assert list((folder / "versions").glob("0001_*.py"))
+
+
+def test_single_head():
+    script = ScriptDirectory.from_config(migrate.alembic_config())
+    assert len(script.get_heads()) == 1
+    assert migrate.head_revision() == script.get_current_head()
+
+
+def test_env_uses_the_passed_connection_and_batch_mode():
+    text = (resource_path("migrations") / "env.py").read_text()
+    assert 'config.attributes.get("connection")' in text
+    assert "render_as_batch=True" in text
+
+
+def test_metadata_has_a_naming_convention():
+    assert Base.metadata.naming_convention["uq"] == NAMING_CONVENTION["uq"]
+    for table in Base.metadata.tables.values():
+        for constraint in table.constraints:
+            assert constraint.name, f"unnamed constraint on {table.name}"
+
+
+def test_empty_database_migrates_to_head_and_matches_the_orm(tmp_path):
+    store = Store.open(tmp_path / "t.db")
+    try:
+        with store._read() as conn:
+            assert migrate.current_revisions(conn) == (migrate.head_revision(),)
+            ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+            diff = compare_metadata(ctx, Base.metadata)
+            assert diff == []
+            triggers = {r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+            assert {"events_no_update", "events_no_delete"} <= triggers
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() > 0
+    finally:
+        store.close()
+
+
+def test_downgrade_to_base_and_upgrade_again(tmp_path):
+    store = Store.open(tmp_path / "t.db")
+    try:
+        with store._write() as conn:
+            command.downgrade(migrate.alembic_config(conn), "base")
+            names = set(inspect(conn).get_table_names())
+            assert names <= {"alembic_version"}
+            migrate.upgrade(conn)
+            assert set(Base.metadata.tables) <= set(inspect(conn).get_table_names())
+    finally:
+        store.close()
+
+
+def test_reopen_does_not_migrate_again(tmp_path):
+    path = tmp_path / "t.db"
+    Store.open(path).close()
+    before = _fingerprint(path)
+    Store.open(path).close()
+    assert _fingerprint(path) == before
+
+
+def test_newer_schema_is_refused_and_left_untouched(tmp_path):
+    path = tmp_path / "t.db"
+    store = Store.open(path)
+    store.start_session(model_name="m", fingerprint="f", vocab_key="v", prompt_sources=[])
+    store.close()
+    raw = sqlite3.connect(path)
+    raw.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    raw.commit()
+    raw.close()
+    before = _fingerprint(path)
+    with pytest.raises(StoreError, match="newer tokentree") as info:
+        Store.open(path)
+    assert "\n" not in str(info.value)
+    assert _fingerprint(path) == before
+
+
+def test_foreign_sqlite_database_is_refused_and_left_untouched(tmp_path):
+    path = tmp_path / "other.db"
+    raw = sqlite3.connect(path)
+    raw.execute("CREATE TABLE recipes (id INTEGER PRIMARY KEY, name TEXT)")
+    raw.execute("INSERT INTO recipes (name) VALUES ('soup')")
+    raw.commit()
+    raw.close()
+    before = _fingerprint(path)
+    with pytest.raises(StoreError, match="not a tokentree database"):
+        Store.open(path)
+    assert _fingerprint(path) == before

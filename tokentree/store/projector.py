@@ -1,0 +1,395 @@
+"""The projector: the ONLY code that writes the projection tables.
+
+``apply(conn, event)`` is a deterministic function of the event and the projection tables
+(plus, for ``undo``, the event it reverts). The Store calls it in the same transaction that
+appends the event; ``rebuild`` calls it for every event in seq order on wiped tables. Because
+both paths run the same code in the same order, they produce identical rows, ids included:
+
+* node ids: INTEGER PRIMARY KEY, allocated max+1 on first sight of a prefix; nodes are never
+  deleted (except all at once by rebuild), so the allocation order is the event order;
+* branch ids: chosen by the command (max+1 over every branch row, removed ones included,
+  so never reused) and recorded in the payload.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from tokentree.errors import StoreError
+
+from . import events as ev_types
+from .events import PAYLOAD_VERSION, Event, load_payload
+from .keys import prefix_key, prefix_keys
+from .schema import BranchRow, CheckpointRow, EventRow, FocusRow, NodeRow, SessionNodeRow, SessionRow
+
+B = BranchRow.__table__
+N = NodeRow.__table__
+S = SessionRow.__table__
+SN = SessionNodeRow.__table__
+F = FocusRow.__table__
+CP = CheckpointRow.__table__
+E = EventRow.__table__
+
+# Statements built once (building a construct per call costs more than running it).
+_SEL_SESSION = select(S).where(S.c.id == bindparam("sid"))
+_SEL_NODE = select(N).where(N.c.id == bindparam("nid"))
+_SEL_NODE_BY_KEY = select(N).where(N.c.prefix_key == bindparam("key"))
+_SEL_NODES_BY_KEYS = select(N).where(N.c.prefix_key.in_(bindparam("keys", expanding=True)))
+_SEL_MAX_NODE = select(func.max(N.c.id))
+_SEL_PARENT = select(N.c.parent_id).where(N.c.id == bindparam("nid"))
+_INS_NODE = insert(N)
+_INS_SESSION_NODE = sqlite_insert(SN).on_conflict_do_nothing()
+_SEL_BRANCH = select(B).where(B.c.id == bindparam("bid"))
+_SHIFT = (
+    update(B)
+    .where(B.c.session_id == bindparam("sid"), B.c.removed.is_(False), B.c.position >= bindparam("pos"))
+    .values(position=B.c.position + bindparam("delta"))
+)
+_DEL_FOCUS = delete(F).where(F.c.session_id == bindparam("sid"))
+_UPSERT_FOCUS = sqlite_insert(F).values(session_id=bindparam("sid"), branch_id=bindparam("bid"))
+_UPSERT_FOCUS = _UPSERT_FOCUS.on_conflict_do_update(
+    index_elements=[F.c.session_id], set_={"branch_id": _UPSERT_FOCUS.excluded.branch_id}
+)
+_SET_BRANCH_NODE = update(B).where(B.c.id == bindparam("bid")).values(node_id=bindparam("nid"))
+_REMOVE_BRANCH = update(B).where(B.c.id == bindparam("bid")).values(removed=True, position=None)
+_RESTORE_BRANCH = update(B).where(B.c.id == bindparam("bid")).values(removed=False, position=bindparam("pos"))
+_INS_BRANCH = insert(B)
+_SEL_EVENT = select(E).where(E.c.seq == bindparam("seq"))
+_SEL_CHECKPOINT = select(CP.c.last_seq).where(CP.c.id == 1)
+_TOUCH_SESSION = (
+    update(S).where(S.c.id == bindparam("sid")).values(last_used_at=bindparam("at"), last_seq=bindparam("seq"))
+)
+_UPSERT_CHECKPOINT = sqlite_insert(CP).values(id=1, last_seq=bindparam("seq"))
+_UPSERT_CHECKPOINT = _UPSERT_CHECKPOINT.on_conflict_do_update(
+    index_elements=[CP.c.id], set_={"last_seq": _UPSERT_CHECKPOINT.excluded.last_seq}
+)
+
+
+class ProjectionError(StoreError):
+    """An event does not fit the projections (a bug, or a damaged database)."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _session(conn: Connection, session_id: int):
+    row = conn.execute(_SEL_SESSION, {"sid": session_id}).first()
+    if row is None:
+        raise ProjectionError(f"event for unknown session {session_id}")
+    return row
+
+
+def _node(conn: Connection, node_id: int):
+    row = conn.execute(_SEL_NODE, {"nid": node_id}).first()
+    if row is None:
+        raise ProjectionError(f"unknown node {node_id}")
+    return row
+
+
+def _child(conn: Connection, parent, token_id: int, vocab_key: str):
+    """The node for parent + [token_id] (parent None: a root), created on first sight."""
+    key = prefix_key(None if parent is None else parent.prefix_key, token_id, vocab_key)
+    row = conn.execute(_SEL_NODE_BY_KEY, {"key": key}).first()
+    parent_id = None if parent is None else parent.id
+    if row is not None:
+        if row.parent_id != parent_id or row.token_id != token_id:  # pragma: no cover - 2**-128
+            raise ProjectionError(f"prefix key collision at node {row.id}")
+        return row
+    depth = 1 if parent is None else parent.depth + 1
+    conn.execute(_INS_NODE, {"parent_id": parent_id, "token_id": token_id, "depth": depth, "prefix_key": key})
+    return conn.execute(_SEL_NODE_BY_KEY, {"key": key}).one()
+
+
+def _chain(conn: Connection, tokens: list[int], vocab_key: str) -> list[int]:
+    """Ids of the nodes for every prefix of `tokens`, creating the missing ones in one
+    executemany. A node's parent always exists, so the missing prefixes are a suffix of the
+    chain; their ids are allocated max+1 in order, exactly as one-by-one inserts would."""
+    keys = prefix_keys(tokens, vocab_key)
+    found: dict[bytes, Any] = {}
+    for i in range(0, len(keys), 500):
+        for row in conn.execute(_SEL_NODES_BY_KEYS, {"keys": keys[i : i + 500]}):
+            found[bytes(row.prefix_key)] = row
+    ids: list[int] = []
+    new_rows: list[dict[str, Any]] = []
+    next_id = None
+    parent_id = None
+    for depth, (tok, key) in enumerate(zip(tokens, keys), start=1):
+        row = found.get(key)
+        if row is not None and not new_rows:
+            if row.parent_id != parent_id or row.token_id != tok:  # pragma: no cover - 2**-128
+                raise ProjectionError(f"prefix key collision at node {row.id}")
+            parent_id = row.id
+        else:
+            if row is not None:  # pragma: no cover - a node whose parent is missing
+                raise ProjectionError(f"node {row.id} exists without its parent")
+            if next_id is None:
+                next_id = (conn.execute(_SEL_MAX_NODE).scalar() or 0) + 1
+            new_rows.append({"id": next_id, "parent_id": parent_id, "token_id": tok, "depth": depth, "prefix_key": key})
+            parent_id = next_id
+            next_id += 1
+        ids.append(parent_id)
+    if new_rows:
+        conn.execute(_INS_NODE, new_rows)
+    return ids
+
+
+def _explore(conn: Connection, session_id: int, node_id: int) -> None:
+    """Record `node_id` and its ancestors as explored by the session. The explored set is
+    kept ancestor-closed, so the walk stops at the first node already recorded."""
+    current: int | None = node_id
+    while current is not None:
+        res = conn.execute(_INS_SESSION_NODE, {"session_id": session_id, "node_id": current})
+        if res.rowcount == 0:
+            return
+        current = conn.execute(_SEL_PARENT, {"nid": current}).scalar_one()
+
+
+def _branch(conn: Connection, session_id: int, branch_id: int, *, removed: bool = False):
+    row = conn.execute(_SEL_BRANCH, {"bid": branch_id}).first()
+    if row is None or row.session_id != session_id or bool(row.removed) != removed:
+        state = "removed" if removed else "live"
+        raise ProjectionError(f"no {state} branch {branch_id} in session {session_id}")
+    return row
+
+
+def _shift(conn: Connection, session_id: int, from_position: int, delta: int) -> None:
+    conn.execute(_SHIFT, {"sid": session_id, "pos": from_position, "delta": delta})
+
+
+def _set_focus(conn: Connection, session_id: int, branch_id: int | None) -> None:
+    if branch_id is None:
+        conn.execute(_DEL_FOCUS, {"sid": session_id})
+        return
+    conn.execute(_UPSERT_FOCUS, {"sid": session_id, "bid": branch_id})
+
+
+def _set_node(conn: Connection, branch, from_node: int, node_id: int) -> None:
+    if branch.node_id != from_node:
+        raise ProjectionError(f"branch {branch.id} is at node {branch.node_id}, the event expects {from_node}")
+    conn.execute(_SET_BRANCH_NODE, {"bid": branch.id, "nid": node_id})
+
+
+def _remove(conn: Connection, branch, focus: int | None) -> None:
+    conn.execute(_REMOVE_BRANCH, {"bid": branch.id})
+    _shift(conn, branch.session_id, branch.position + 1, -1)
+    _set_focus(conn, branch.session_id, focus)
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+def _session_started(conn: Connection, ev: Event, p: dict[str, Any]) -> None:
+    if conn.execute(select(S.c.id).where(S.c.id == ev.session_id)).first() is not None:
+        raise ProjectionError(f"session {ev.session_id} started twice")
+    conn.execute(
+        insert(S).values(
+            id=ev.session_id,
+            created_at=ev.created_at,
+            last_used_at=ev.created_at,
+            last_seq=ev.seq,
+            model_name=p["model_name"],
+            fingerprint=p["fingerprint"],
+            vocab_key=p["vocab_key"],
+            prompt_sources=json.dumps(list(p["prompt_sources"]), ensure_ascii=False),
+        )
+    )
+
+
+def _branch_created(conn: Connection, ev: Event, p: dict[str, Any]) -> None:
+    sid = ev.session_id
+    vocab_key = _session(conn, sid).vocab_key
+    tokens = p["root_tokens"]
+    if not tokens:
+        raise ProjectionError("branch.created without tokens")
+    if conn.execute(_SEL_BRANCH, {"bid": p["branch_id"]}).first() is not None:
+        raise ProjectionError(f"branch id {p['branch_id']} already used")
+    chain = _chain(conn, [int(t) for t in tokens], vocab_key)
+    conn.execute(_INS_SESSION_NODE, [{"session_id": sid, "node_id": nid} for nid in chain])
+    last = chain[-1]
+    _shift(conn, sid, p["position"], +1)
+    conn.execute(
+        _INS_BRANCH,
+        dict(
+            id=p["branch_id"],
+            session_id=sid,
+            name=p["name"],
+            position=p["position"],
+            node_id=last,
+            root_node_id=last,
+            source=p.get("source"),
+            removed=False,
+        ),
+    )
+    _set_focus(conn, sid, p["branch_id"])
+
+
+def _token_appended(conn: Connection, ev: Event, p: dict[str, Any]) -> None:
+    sid = ev.session_id
+    branch = _branch(conn, sid, p["branch_id"])
+    child = _child(conn, _node(conn, p["from_node"]), int(p["token_id"]), _session(conn, sid).vocab_key)
+    _set_node(conn, branch, p["from_node"], child.id)
+    _explore(conn, sid, child.id)
+
+
+def _token_popped(conn: Connection, ev: Event, p: dict[str, Any]) -> None:
+    branch = _branch(conn, ev.session_id, p["branch_id"])
+    node = _node(conn, p["from_node"])
+    if node.parent_id is None:
+        raise ProjectionError("token.popped at a one-token path")
+    _set_node(conn, branch, p["from_node"], node.parent_id)
+
+
+def _branch_moved(conn: Connection, ev: Event, p: dict[str, Any]) -> None:
+    branch = _branch(conn, ev.session_id, p["branch_id"])
+    target = _node(conn, p["node_id"])
+    _set_node(conn, branch, p["from_node"], target.id)
+    _explore(conn, ev.session_id, target.id)
+
+
+def _branch_duplicated(conn: Connection, ev: Event, p: dict[str, Any]) -> None:
+    sid = ev.session_id
+    src = _branch(conn, sid, p["source_branch_id"])
+    if conn.execute(_SEL_BRANCH, {"bid": p["branch_id"]}).first() is not None:
+        raise ProjectionError(f"branch id {p['branch_id']} already used")
+    _shift(conn, sid, p["position"], +1)
+    conn.execute(
+        _INS_BRANCH,
+        dict(
+            id=p["branch_id"],
+            session_id=sid,
+            name=p["name"],
+            position=p["position"],
+            node_id=src.node_id,
+            root_node_id=src.root_node_id,
+            source=src.source,
+            removed=False,
+        ),
+    )
+    _set_focus(conn, sid, p["branch_id"])
+
+
+def _branch_removed(conn: Connection, ev: Event, p: dict[str, Any]) -> None:
+    branch = _branch(conn, ev.session_id, p["branch_id"])
+    if branch.position != p["position"]:
+        raise ProjectionError(f"branch {branch.id} is at position {branch.position}, not {p['position']}")
+    _remove(conn, branch, p["new_focus"])
+
+
+def _branch_focused(conn: Connection, ev: Event, p: dict[str, Any]) -> None:
+    _branch(conn, ev.session_id, p["branch_id"])
+    _set_focus(conn, ev.session_id, p["branch_id"])
+
+
+def _branch_reset(conn: Connection, ev: Event, p: dict[str, Any]) -> None:
+    branch = _branch(conn, ev.session_id, p["branch_id"])
+    _set_node(conn, branch, p["from_node"], branch.root_node_id)
+
+
+def _prompt_saved(conn: Connection, ev: Event, p: dict[str, Any]) -> None:
+    pass  # recorded for history; changes no projection but the session's last use
+
+
+def _undo(conn: Connection, ev: Event, p: dict[str, Any]) -> None:
+    sid = ev.session_id
+    row = conn.execute(_SEL_EVENT, {"seq": p["target_seq"]}).first()
+    if row is None or row.session_id != sid or row.type not in ev_types.UNDOABLE or row.seq >= ev.seq:
+        raise ProjectionError(f"undo of an event that cannot be undone (seq {p['target_seq']})")
+    t = load_payload(row.payload)
+    kind = row.type
+    if kind in (ev_types.BRANCH_CREATED, ev_types.BRANCH_DUPLICATED):
+        _remove(conn, _branch(conn, sid, t["branch_id"]), t["prev_focus"])
+    elif kind in (ev_types.TOKEN_APPENDED, ev_types.TOKEN_POPPED, ev_types.BRANCH_MOVED, ev_types.BRANCH_RESET):
+        branch = _branch(conn, sid, t["branch_id"])
+        conn.execute(_SET_BRANCH_NODE, {"bid": branch.id, "nid": t["from_node"]})
+    elif kind == ev_types.BRANCH_REMOVED:
+        branch = _branch(conn, sid, t["branch_id"], removed=True)
+        _shift(conn, sid, t["position"], +1)
+        conn.execute(_RESTORE_BRANCH, {"bid": branch.id, "pos": t["position"]})
+        _set_focus(conn, sid, t["prev_focus"])
+    elif kind == ev_types.BRANCH_FOCUSED:
+        _set_focus(conn, sid, t["prev_focus"])
+    else:  # pragma: no cover - UNDOABLE and this list agree
+        raise ProjectionError(f"no inverse for {kind}")
+
+
+_HANDLERS = {
+    ev_types.SESSION_STARTED: _session_started,
+    ev_types.BRANCH_CREATED: _branch_created,
+    ev_types.TOKEN_APPENDED: _token_appended,
+    ev_types.TOKEN_POPPED: _token_popped,
+    ev_types.BRANCH_MOVED: _branch_moved,
+    ev_types.BRANCH_DUPLICATED: _branch_duplicated,
+    ev_types.BRANCH_REMOVED: _branch_removed,
+    ev_types.BRANCH_FOCUSED: _branch_focused,
+    ev_types.BRANCH_RESET: _branch_reset,
+    ev_types.PROMPT_SAVED: _prompt_saved,
+    ev_types.UNDO: _undo,
+}
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def apply(conn: Connection, event: Event) -> None:
+    """Apply one event to the projections (inside the caller's transaction)."""
+    handler = _HANDLERS.get(event.type)
+    if handler is None:
+        raise ProjectionError(f"unknown event type {event.type!r} (written by a newer tokentree?)")
+    v = event.payload.get("v")
+    if not isinstance(v, int) or v > PAYLOAD_VERSION:
+        raise ProjectionError(
+            f"event {event.seq} has payload version {v!r}; this tokentree reads up to {PAYLOAD_VERSION}"
+        )
+    last = conn.execute(_SEL_CHECKPOINT).scalar()
+    if last is not None and event.seq <= last:
+        raise ProjectionError(f"event {event.seq} applied out of order (checkpoint at {last})")
+    if event.type != ev_types.SESSION_STARTED:
+        _session(conn, event.session_id)
+    try:
+        handler(conn, event, event.payload)
+    except (KeyError, TypeError) as exc:
+        raise ProjectionError(f"malformed {event.type} event {event.seq}: {exc!r}") from None
+    conn.execute(_TOUCH_SESSION, {"sid": event.session_id, "at": event.created_at, "seq": event.seq})
+    conn.execute(_UPSERT_CHECKPOINT, {"seq": event.seq})
+
+
+def wipe(conn: Connection) -> None:
+    """Delete every projection row (the caches are kept)."""
+    from .schema import PROJECTION_TABLES, Base
+
+    for name in PROJECTION_TABLES:
+        conn.execute(delete(Base.metadata.tables[name]))
+
+
+def replay(conn: Connection, *, batch: int = 1000) -> int:
+    """Wipe the projections and apply every event in seq order; returns the event count."""
+    wipe(conn)
+    count = 0
+    after = 0
+    while True:
+        rows = conn.execute(select(E).where(E.c.seq > after).order_by(E.c.seq).limit(batch)).all()
+        if not rows:
+            return count
+        for row in rows:
+            apply(conn, row_to_event(row))
+            count += 1
+        after = rows[-1].seq
+
+
+def row_to_event(row) -> Event:
+    return Event(
+        seq=row.seq,
+        session_id=row.session_id,
+        version=row.version,
+        type=row.type,
+        payload=load_payload(row.payload),
+        created_at=row.created_at,
+    )
+
+
+def max_seq(conn: Connection) -> int | None:
+    return conn.execute(select(func.max(E.c.seq))).scalar()
