@@ -20,11 +20,26 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_model import build_tiny_model  # noqa: E402
 
 
+class TinyModels(dict):
+    """arch -> model dir, each built on first use (once per test session)."""
+
+    ARCHES = ("qwen2", "gpt2", "llama")
+
+    def __init__(self, root: Path):
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, arch: str) -> Path:
+        if arch not in self.ARCHES:
+            raise KeyError(arch)
+        self[arch] = build_tiny_model(self.root / arch, arch)
+        return self[arch]
+
+
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    """{"qwen2": dir, "gpt2": dir, "llama": dir}: tiny random models with a trained tokenizer."""
-    root = tmp_path_factory.mktemp("models")
-    return {arch: build_tiny_model(root / arch, arch) for arch in ("qwen2", "gpt2", "llama")}
+def tiny_models(tmp_path_factory) -> TinyModels:
+    """tiny_models["qwen2" | "gpt2" | "llama"]: a tiny random model with a trained tokenizer."""
+    return TinyModels(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,9 @@ from tokentree.sessions import resolve_session
 
 def launch(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    from tokentree.tui.keymap import build_keymap
+
+    build_keymap(config)  # a bad [keys] table fails now, not after a slow model load
     setup_logging()
     if args.resume and args.input:
         raise InputError("--resume and --input cannot be combined: a resumed session keeps its prompts")

@@ -50,11 +50,13 @@ def pick_device(requested: str | None = None) -> str:
 def quiet_transformers() -> None:
     """No progress bars or library warnings: the terminal belongs to the UI."""
     import huggingface_hub.utils
+    from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     huggingface_hub.utils.disable_progress_bars()
+    hub_logging.set_verbosity_error()  # its download retries would print on stderr
 
 
 def _looks_like_path(name: str) -> bool:

@@ -1,0 +1,112 @@
+"""A fast, deterministic stand-in for tokentree.lm.engine.Engine (same public names).
+
+Distributions depend only on the prefix, so a fake "model" behaves like a real one for
+caching: the same prefix always gives the same output. It counts forward passes, and a
+`gate` (threading.Event) can hold every model call to test a busy worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from dataclasses import dataclass
+
+from tokentree.outputs import Analysis, Distribution, NodeOutput
+
+VOCAB = [b"<s>", b" the", b" cat", b" sat", b" on", b" mat", b"\n", b"\t", b" a", b" dog",
+         b"ran", b" away", b".", b",", b" and", b"\xe6", b"\x97", b"\xa5", b" \xe2\x82\xac", b"x"]
+SPECIAL = {0}
+
+
+@dataclass
+class FakeLoaded:
+    name: str = "fake-model"
+    device: str = "cpu"
+    dtype: str = "float32"
+    fingerprint: str = "fake-model|float32"
+    vocab_key: str = "fakevocab"
+    num_layers: int = 4
+    vocab_size: int = len(VOCAB)
+    context_length: int | None = 64
+
+
+class FakeEngine:
+    def __init__(self, loaded: FakeLoaded | None = None, *, top_k: int = 8, gate=None) -> None:
+        self.loaded = loaded or FakeLoaded()
+        self.top_k = top_k
+        self.forward_passes = 0
+        self.analyze_calls = 0
+        self.special_ids = frozenset(SPECIAL)
+        self.gate = gate
+
+    def _wait(self) -> None:
+        if self.gate is not None:
+            assert self.gate.wait(10), "test gate never opened"
+
+    def encode(self, text: str) -> list[int]:
+        ids, rest = [], text.encode()
+        while rest:
+            best = max((i for i, p in enumerate(VOCAB) if i not in SPECIAL and rest.startswith(p)),
+                       key=lambda i: len(VOCAB[i]), default=None)
+            if best is None:
+                best = len(VOCAB) - 1
+                rest = rest[1:]
+            else:
+                rest = rest[len(VOCAB[best]):]
+            ids.append(best)
+        return ids
+
+    def token_bytes(self, ids) -> dict[int, bytes]:
+        return {i: VOCAB[i] for i in ids if 0 <= i < len(VOCAB)}
+
+    def _probs(self, prefix) -> list[float]:
+        seed = int.from_bytes(hashlib.sha256(repr(tuple(prefix)).encode()).digest()[:8], "big")
+        rng = random.Random(seed)
+        weights = [rng.random() ** 4 for _ in VOCAB]
+        total = sum(weights)
+        return [w / total for w in weights]
+
+    def _output(self, tokens) -> NodeOutput:
+        probs = self._probs(tokens)
+        order = sorted(range(len(probs)), key=lambda i: -probs[i])[: self.top_k]
+        entropy = -sum(p * math.log(p) for p in probs if p > 0)
+        dist = Distribution(tuple(order), tuple(probs[i] for i in order), entropy, entropy / math.log(len(VOCAB)))
+        if len(tokens) == 1:
+            return NodeOutput(None, None, dist)
+        parent = self._probs(tokens[:-1])
+        token = tokens[-1]
+        rank = 1 + sum(1 for p in parent if p > parent[token])
+        return NodeOutput(parent[token], rank, dist)
+
+    def prefill(self, tokens) -> list[NodeOutput]:
+        self._wait()
+        self.forward_passes += 1
+        return [self._output(tokens[: i + 1]) for i in range(len(tokens))]
+
+    def step(self, prefix, token) -> NodeOutput:
+        self._wait()
+        self.forward_passes += 1
+        return self._output(list(prefix) + [token])
+
+    def analyze(self, tokens, *, influence=False, lens_ids=None) -> Analysis:
+        self._wait()
+        self.analyze_calls += 1
+        self.forward_passes += 1
+        infl = tuple((i + 1) / len(tokens) for i in range(len(tokens))) if influence else None
+        lens = None
+        if lens_ids:
+            lens = tuple(tuple(min(1.0, (layer + 1) / self.loaded.num_layers * (1 / (k + 1)))
+                               for k, _ in enumerate(lens_ids))
+                         for layer in range(self.loaded.num_layers))
+        return Analysis(influence=infl, lens_ids=tuple(lens_ids) if lens_ids else None, lens_probs=lens)
+
+
+def new_session(store, engine, prompts: dict[str, str]) -> int:
+    """A session like launch.py makes one: one branch per prompt, the last one focused."""
+    loaded = engine.loaded
+    sid = store.start_session(model_name=loaded.name, fingerprint=loaded.fingerprint,
+                              vocab_key=loaded.vocab_key, prompt_sources=list(prompts))
+    for name, text in prompts.items():
+        store.create_branch(sid, engine.encode(text), source=name, name=name)
+    return sid

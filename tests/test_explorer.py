@@ -1,0 +1,289 @@
+"""The application core without a UI: commands become events, model work becomes jobs,
+and cached nodes never reach the engine."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from fake_engine import FakeEngine, FakeLoaded, new_session
+from tokentree.config import Config, DisplayConfig
+from tokentree.errors import ModelLoadError
+from tokentree.explorer import Explorer, safe_stem
+from tokentree.paths import default_db_path, saved_prompts_dir
+from tokentree.store import Store
+
+CONFIG = Config(display=DisplayConfig(tokens_to_show=5))
+
+
+@pytest.fixture
+def store():
+    s = Store.open(default_db_path())
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def engine():
+    return FakeEngine()
+
+
+def explorer_for(store, engine, prompts=None, **kw):
+    sid = new_session(store, engine, prompts or {"cat": " the cat sat", "dog": " a dog and"})
+    ex = Explorer(store, sid, config=CONFIG, model_name=engine.loaded.name, **kw)
+    ex.attach_engine(engine)
+    ex.run_jobs_inline()
+    return ex
+
+
+def prompt_text(ex) -> str:
+    return "".join(t.text for t in ex.snapshot().prompt)
+
+
+def types(store, sid):
+    return [e.type for e in store.events(sid)]
+
+
+def test_prompt_is_one_pass_and_first_token_has_no_distribution(store, engine):
+    ex = explorer_for(store, engine, {"cat": " the cat sat"})
+    assert engine.forward_passes == 1  # the whole prompt in ONE pass
+    snap = ex.snapshot()
+    assert prompt_text(ex) == " the cat sat"
+    assert len(snap.candidates) == 5 and snap.candidates[0].rank == 1 and not snap.waiting
+    assert snap.status.origin == "forward" and snap.status.ms is not None
+    ex.cycle_prompt_view()
+    values = [t.value for t in ex.snapshot().prompt]
+    assert values[0] is None and all(v is not None for v in values[1:])  # first token: n/a
+
+
+def test_background_fills_other_branches(store, engine):
+    ex = explorer_for(store, engine)
+    rows = ex.snapshot().branches
+    assert [r.name for r in rows] == ["cat", "dog"]
+    assert [r.focused for r in rows] == [False, True]
+    assert engine.forward_passes == 2  # one prefill per prompt, nothing else
+
+
+def test_append_pop_and_revisit_costs_no_forward_pass(store, engine):
+    ex = explorer_for(store, engine, {"cat": " the cat sat"})
+    first = ex.snapshot().candidates
+    ex.cursor(1)
+    ex.append()
+    ex.run_jobs_inline()
+    assert ex.snapshot().prompt[-1].token_id == first[1].token_id
+    passes = engine.forward_passes
+    ex.pop()
+    snap = ex.snapshot()
+    assert snap.candidates[snap.selected].token_id == first[1].token_id  # popped token selected
+    assert snap.candidates[snap.selected].explored and snap.candidates[snap.selected].subtree == 1
+    ex.append()  # follows the existing child
+    assert ex.run_jobs_inline() == 0
+    assert engine.forward_passes == passes
+    assert ex.snapshot().status.origin == "cache"
+    assert types(store, ex.session_id)[-2:] == ["token.popped", "token.appended"]
+
+
+def test_resume_reads_everything_from_the_cache(store, engine):
+    ex = explorer_for(store, engine, {"cat": " the cat sat"})
+    ex.append()
+    ex.run_jobs_inline()
+    before = ex.snapshot()
+    # A new explorer on the same store: draws before any model is attached.
+    again = Explorer(store, ex.session_id, config=CONFIG)
+    snap = again.snapshot()
+    assert snap.prompt == before.prompt and snap.candidates == before.candidates
+    assert snap.status.engine_ready is False and snap.status.origin == "cache"
+    fresh = FakeEngine()
+    job = again.loading_job(lambda: fresh)
+    assert again.busy and again.take_job() is None  # one job at a time
+    job.finish(job.run())
+    assert again.engine is fresh and again.run_jobs_inline() == 0
+    assert fresh.forward_passes == 0
+
+
+def test_attach_refuses_another_tokenizer(store, engine):
+    ex = explorer_for(store, engine)
+    with pytest.raises(ModelLoadError, match="different tokenizer"):
+        ex.attach_engine(FakeEngine(FakeLoaded(vocab_key="other")))
+    job = ex.loading_job(lambda: FakeEngine(FakeLoaded(vocab_key="other")))
+    job.finish(job.run())
+    assert "different tokenizer" in ex.snapshot().status.error
+
+
+def test_model_error_is_reported_not_retried(store):
+    class Broken(FakeEngine):
+        def prefill(self, tokens):
+            self.forward_passes += 1
+            raise RuntimeError("boom")
+
+    engine = Broken()
+    ex = explorer_for(store, engine, {"cat": " the cat"})
+    assert "boom" in ex.snapshot().status.error
+    assert ex.run_jobs_inline() == 0 and engine.forward_passes == 1
+
+
+def test_appends_queue_while_the_node_is_computed(store, engine):
+    ex = explorer_for(store, engine, {"cat": " the cat"})
+    ex.append()
+    ex.append()  # the node from the first append has no distribution yet
+    ex.append()
+    assert "queued" in ex.message
+    ex.run_jobs_inline()
+    assert ex.snapshot().branches[0].appended == 3
+
+
+def test_walk_forward_returns_along_the_popped_path(store, engine):
+    ex = explorer_for(store, engine, {"cat": " the cat"})
+    for _ in range(3):
+        ex.append()
+        ex.run_jobs_inline()
+    leaf = ex.snapshot().prompt
+    ex.pop(), ex.pop(), ex.pop()
+    assert len(ex.snapshot().prompt) == len(leaf) - 3
+    ex.walk_forward()
+    assert ex.snapshot().prompt == leaf
+    assert types(store, ex.session_id)[-1] == "branch.moved"
+    ex.walk_forward()
+    assert ex.message == "no explored path ahead"
+
+
+def test_walk_forward_follows_the_selected_child(store, engine):
+    ex = explorer_for(store, engine, {"cat": " the cat"})
+    base = len(ex.snapshot().prompt)
+    for row in (0, 1):
+        ex._selected_token = ex.snapshot().candidates[row].token_id
+        ex.append()
+        ex.run_jobs_inline()
+        ex.append()
+        ex.run_jobs_inline()
+        ex.reset_branch()
+    ex.cursor(1)  # the second child, explored two deep
+    ex.walk_forward()
+    snap = ex.snapshot()
+    assert len(snap.prompt) == base + 2
+
+
+def test_branch_commands_and_undo(store, engine):
+    ex = explorer_for(store, engine)
+    names = lambda: [(b.name, b.focused) for b in ex.snapshot().branches]  # noqa: E731
+    ex.switch_branch(-1)
+    assert names() == [("cat", True), ("dog", False)]
+    ex.switch_branch(-1)  # wraps around
+    assert names() == [("cat", False), ("dog", True)]
+    ex.duplicate_branch()
+    assert len(names()) == 3 and names()[2][1] is True
+    ex.remove_branch()
+    assert len(names()) == 2
+    ex.undo()
+    assert len(names()) == 3 and ex.message.startswith("undid")
+    ex.remove_branch(), ex.remove_branch()
+    ex.remove_branch()
+    assert ex.message == "cannot remove the last branch" and len(names()) == 1
+
+
+def test_reset_and_stats(store, engine):
+    ex = explorer_for(store, engine, {"cat": " the cat"})
+    ex.reset_branch()
+    assert ex.message == "already at the root prompt"
+    for _ in range(2):
+        ex.append()
+        ex.run_jobs_inline()
+    row = ex.snapshot().branches[0]
+    probs = [t.value for t in ex.snapshot().prompt]  # plain view: values unused
+    assert row.appended == 2 and row.logprob is not None and probs
+    ex.cycle_prompt_view()
+    appended = [t.value for t in ex.snapshot().prompt if t.appended]
+    assert row.logprob == pytest.approx(sum(math.log(p) for p in appended))
+    assert row.perplexity == pytest.approx(math.exp(-row.logprob / 2))
+    ex.reset_branch()
+    assert ex.snapshot().branches[0].appended == 0
+    assert types(store, ex.session_id)[-1] == "branch.reset"
+
+
+def test_pop_stops_at_the_first_token(store, engine):
+    ex = explorer_for(store, engine, {"cat": " the"})
+    ex.pop()
+    assert "nothing to pop" in ex.message
+
+
+def test_influence_is_computed_once_and_cached(store, engine):
+    ex = explorer_for(store, engine, {"cat": " the cat sat"})
+    for _ in range(3):
+        ex.cycle_prompt_view()
+    assert ex.prompt_view == "influence" and ex.snapshot().view_pending
+    ex.run_jobs_inline()
+    snap = ex.snapshot()
+    assert not snap.view_pending and snap.prompt[-1].value == 1.0
+    assert engine.analyze_calls == 1
+    again = Explorer(store, ex.session_id, config=CONFIG)
+    again.attach_engine(engine)
+    for _ in range(3):
+        again.cycle_prompt_view()
+    assert again.run_jobs_inline() == 0 and engine.analyze_calls == 1  # from the store
+
+
+def test_layer_view_needs_layer_prob(store, engine):
+    ex = explorer_for(store, engine)
+    ex.cycle_layer_view()
+    assert ex.layer_view == "off" and "--layer_prob" in ex.message
+    ex = explorer_for(store, engine, layer_prob=True)
+    ex.cycle_layer_view()
+    ex.run_jobs_inline()
+    snap = ex.snapshot()
+    assert snap.num_layers == 4 and all(len(r.layers) == 4 for r in snap.candidates)
+    ex.cycle_layer_view()
+    assert max(ex.snapshot().candidates[1].layers) == pytest.approx(1.0)  # normalized per row
+
+
+def test_save_branch_never_overwrites(store, engine):
+    ex = explorer_for(store, engine, {"cat": " the cat sat"})
+    first, second = ex.save_branch(), ex.save_branch()
+    assert first.parent == second.parent == saved_prompts_dir()
+    assert first.name == "the-cat-sat.txt" and second.name == "the-cat-sat-2.txt"
+    assert first.read_text(encoding="utf-8") == " the cat sat"
+    assert types(store, ex.session_id)[-2:] == ["prompt.saved", "prompt.saved"]
+
+
+@pytest.mark.parametrize("text,stem", [("../../etc/passwd", "etc-passwd"), ("", "branch"),
+                                       ("\u65e5\u672c", "branch"), ("/abs/..", "abs")])
+def test_safe_stem_cannot_escape(text, stem):
+    assert safe_stem(text) == stem
+
+
+def test_tree_lines_show_forks_and_branches(store, engine):
+    ex = explorer_for(store, engine, {"cat": " the cat"})
+    ex.append()
+    ex.run_jobs_inline()
+    ex.duplicate_branch()
+    ex.pop()
+    ex.cursor(1)
+    ex.append()
+    ex.run_jobs_inline()
+    lines = ex.snapshot(with_tree=True).tree
+    assert lines[0].text.endswith(" the cat") and lines[0].indent == ""
+    assert [line.indent for line in lines[1:]] == ["\u251c\u2500 ", "\u2514\u2500 "]
+    assert [line.branches for line in lines] == [(), ("cat",), ("branch 2*",)]  # * = focused
+    assert [line.current for line in lines] == [False, False, True]
+
+
+def test_real_engine_revisiting_a_cached_node_runs_no_forward_pass(store, tiny_model):
+    from tokentree.lm.engine import Engine
+    from tokentree.lm.loader import load_model
+
+    engine = Engine(load_model(str(tiny_model)), top_k=CONFIG.top_k)
+    ex = explorer_for(store, engine, {"story": "Once upon a time"})
+    assert engine.forward_passes == 1
+    ex.append()
+    ex.run_jobs_inline()
+    assert engine.forward_passes == 2
+    ex.pop()
+    ex.append()  # the same child again
+    ex.pop()
+    ex.walk_forward()
+    assert ex.run_jobs_inline() == 0 and engine.forward_passes == 2
+    # A second explorer on the same store (a resume) needs no pass either.
+    again = Explorer(store, ex.session_id, config=CONFIG)
+    again.attach_engine(engine)
+    assert again.run_jobs_inline() == 0 and engine.forward_passes == 2
+    assert again.snapshot().candidates == ex.snapshot().candidates

@@ -1,0 +1,117 @@
+"""End to end: the real `tokentree` command in a pseudo-terminal with a tiny model.
+Keys are typed as a terminal sends them, the screen is read through a terminal emulator
+(pyte), and afterwards the events are checked in the database."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pexpect
+import pyte
+
+from tokentree.paths import default_db_path
+from tokentree.store import Store
+
+ROWS, COLS = 30, 100
+UP, DOWN, RIGHT, LEFT = "\x1b[A", "\x1b[B", "\x1b[C", "\x1b[D"
+CTRL_Q, CTRL_C = "\x11", "\x03"
+
+
+class Terminal:
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        exe = Path(sys.executable).with_name("tokentree")  # the installed console script
+        env = dict(os.environ, TERM="xterm-256color", COLUMNS=str(COLS), LINES=str(ROWS))
+        self.screen = pyte.Screen(COLS, ROWS)
+        self.stream = pyte.ByteStream(self.screen)
+        self.raw = b""
+        self.child = pexpect.spawn(str(exe), args, env=env, cwd=str(cwd), dimensions=(ROWS, COLS))
+
+    def read(self, seconds: float = 0.2) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                data = self.child.read_nonblocking(65536, timeout=0.05)
+            except pexpect.TIMEOUT:
+                continue
+            except pexpect.EOF:
+                return
+            self.raw += data
+            self.stream.feed(data)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.screen.display)
+
+    def wait_for(self, *needles: str, timeout: float = 60) -> str:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            self.read(0.1)
+            if all(n in self.text for n in needles):
+                return self.text
+            if not self.child.isalive():
+                break
+        raise AssertionError(f"{needles} not on screen:\n{self.text}\n(raw tail: {self.raw[-300:]!r})")
+
+    def keys(self, *keys: str, settle: str | None = None) -> None:
+        for key in keys:
+            self.child.send(key)
+            self.read(0.15)
+        if settle:
+            self.wait_for(settle)
+
+    def finish(self, timeout: float = 30) -> int:
+        self.child.expect(pexpect.EOF, timeout=timeout)
+        self.raw += self.child.before or b""
+        self.child.close()
+        return self.child.exitstatus
+
+
+def test_new_session_keys_and_events_then_resume(tmp_path, tiny_model):
+    prompt = tmp_path / "story.txt"
+    prompt.write_text("Once upon a time", encoding="utf-8")
+    term = Terminal(["--model", str(tiny_model), "--input", str(prompt)], tmp_path)
+    term.wait_for("Once upon a time", "next token", " idle ", "story")
+    assert "+0" in term.text
+
+    term.keys(DOWN, RIGHT, settle="+1 ")
+    term.keys(RIGHT, settle="+2 ")
+    term.keys("e", settle="probability view")
+    term.keys(LEFT, settle="+1 ")
+    term.keys("d", settle="branches \u00b7 2")
+    term.keys("?", settle="walk_forward")
+    term.keys("q")  # closes the help
+    term.keys(CTRL_Q)
+    assert term.finish() == 0
+    assert b"\x1b[?1049l" in term.raw  # left the alternate screen: terminal restored
+
+    store = Store.open(default_db_path())
+    try:
+        sid = store.latest_session_id()
+        types = [e.type for e in store.events(sid)]
+        assert types.count("token.appended") == 2 and types.count("token.popped") == 1
+        assert "branch.duplicated" in types
+        assert [b.name for b in store.branches(sid)][0] == "story"
+        focused = next(b for b in store.branches(sid) if b.focused)
+        assert store.node(focused.node_id).depth == store.node(focused.root_node_id).depth + 1
+    finally:
+        store.close()
+
+    # Resume: the cached tree is drawn while the model is still loading; ctrl+c exits cleanly.
+    term = Terminal(["--resume", "last"], tmp_path)
+    loading = term.wait_for("loading", "Once upon a time", "branches \u00b7 2")
+    assert "\u25b8" in loading  # the explored child is marked in the table, from the cache
+    term.wait_for(" idle ")
+    term.keys(RIGHT, settle="+2 ")
+    term.keys(CTRL_C)
+    assert term.finish() == 130
+    assert b"\x1b[?1049l" in term.raw
+    assert b"interrupted" in term.raw
+    store = Store.open(default_db_path())
+    try:
+        types = [e.type for e in store.events(store.latest_session_id())]
+        assert types.count("token.appended") == 3
+    finally:
+        store.close()

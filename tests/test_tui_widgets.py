@@ -1,0 +1,289 @@
+"""The urwid screen driven by key presses, without a terminal: assert on the rendered text
+AND on the colours (attributes) of the canvas."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import urwid
+
+from fake_engine import FakeEngine, new_session
+from tokentree.config import Config, DisplayConfig, parse_config
+from tokentree.errors import ConfigError
+from tokentree.explorer import Explorer
+from tokentree.paths import default_db_path
+from tokentree.store import Store
+from tokentree.tui.app import ExplorerApp
+from tokentree.tui.keymap import build_keymap, normalize_key
+from tokentree.tui.palette import build_palette
+from tokentree.worker import InlineWorker, Worker
+
+SIZE = (100, 30)
+CONFIG = Config(display=DisplayConfig(tokens_to_show=6))
+
+
+@pytest.fixture
+def store():
+    s = Store.open(default_db_path())
+    yield s
+    s.close()
+
+
+def make_app(store, engine=None, prompts=None, *, layer_prob=False, config=CONFIG, worker=None):
+    engine = engine or FakeEngine()
+    sid = new_session(store, engine, prompts or {"cat": " the cat sat", "dog": " a dog and"})
+    ex = Explorer(store, sid, config=config, layer_prob=layer_prob, model_name=engine.loaded.name)
+    ex.attach_engine(engine)
+    app = ExplorerApp(ex, build_keymap(config), worker=worker or InlineWorker())
+    app.settle()
+    return app
+
+
+def lines(app) -> list[str]:
+    return [row.decode() for row in app.render(SIZE).text]
+
+
+def runs(app) -> list[list[tuple[object, str]]]:
+    """Each screen row as (attribute, text) runs."""
+    return [[(attr, text.decode()) for attr, _cs, text in row] for row in app.render(SIZE).content()]
+
+
+def row_with(app, needle: str) -> list[tuple[object, str]]:
+    for row in runs(app):
+        if needle in "".join(text for _, text in row):
+            return row
+    raise AssertionError(f"{needle!r} not on screen:\n" + "\n".join(lines(app)))
+
+
+def attrs_of(row, *, blanks: bool = False) -> set[str]:
+    """Palette names used by the visible text of a row (layered attributes flattened);
+    with `blanks`, also by spaces (background colour cells)."""
+    names = set()
+    for attr, text in row:
+        if (blanks or text.strip()) and attr is not None:
+            names.update(attr.layers if isinstance(attr, urwid.util.LayeredAttr) else (attr,))
+    return names - {None}
+
+
+def prompt_row(app):
+    return runs(app)[1]  # under the box's top border
+
+
+def branch_lines(app) -> list[str]:
+    return [line.split("\u2502\u2502")[1] for line in lines(app) if "\u2502\u2502" in line]
+
+
+def selected_line(app) -> str:
+    return next(line for line in lines(app) if "\u25b6" in line and "%" in line)
+
+
+def test_first_screen_shows_prompt_table_branches_status(store):
+    app = make_app(store)
+    screen = "\n".join(lines(app))
+    assert " a dog and" in screen and "prompt \u00b7 plain view" in screen
+    assert "next token \u00b7 6 shown" in screen and "branches \u00b7 2" in screen
+    assert "fake-model \u00b7 cpu \u00b7 float32 \u00b7 session 1" in screen
+    assert "forward pass" in screen and "idle" in screen and "?: help" in screen
+    assert "last token p" in screen
+
+
+def test_selection_moves_with_up_and_down(store):
+    app = make_app(store)
+    top = selected_line(app)
+    assert "   1 " in top
+    app.press("down")
+    assert "   2 " in selected_line(app)
+    assert "selected" in attrs_of(row_with(app, selected_line(app).strip()[:12]))
+    app.press("j", "k", "up")
+    assert selected_line(app) == top
+    app.press("up")  # stays at the top
+    assert selected_line(app) == top
+
+
+def test_append_and_pop_change_the_prompt(store):
+    app = make_app(store)
+    before = lines(app)[1]
+    app.press("down")
+    chosen = app.snapshot.candidates[1]
+    app.press("right")
+    app.settle()
+    assert app.snapshot.prompt[-1].token_id == chosen.token_id
+    assert lines(app)[1] != before
+    assert "appended" in attrs_of(prompt_row(app))  # the user's tokens stand out in plain view
+    app.press("left")
+    assert lines(app)[1] == before
+    assert "\u25b81" in selected_line(app)  # the popped token is selected and marked explored
+    app.press("l")
+    assert app.snapshot.prompt[-1].token_id == chosen.token_id
+
+
+def test_prompt_colours_change_with_e(store):
+    app = make_app(store)
+    assert attrs_of(prompt_row(app)) <= {"prompt", "appended", "cursor"}
+    app.press("e")
+    colours = attrs_of(prompt_row(app))
+    assert "na" in colours  # the first token has no distribution
+    assert any(str(a).startswith("prob_") for a in colours)
+    assert "probability view" in lines(app)[0]
+    assert any(str(a).startswith("prob_") for a in attrs_of(row_with(app, "token probability"), blanks=True))
+    app.press("e")
+    assert any(str(a).startswith("ent_") for a in attrs_of(prompt_row(app)))
+    app.press("e")
+    app.settle()
+    assert any(str(a).startswith("inf_") for a in attrs_of(prompt_row(app)))
+    app.press("e")
+    assert attrs_of(prompt_row(app)) <= {"prompt", "appended", "cursor"}
+
+
+def test_branch_keys_change_the_branch_list(store):
+    app = make_app(store)
+    focused = lambda: next(line for line in branch_lines(app) if "\u25b6" in line)  # noqa: E731
+    assert "dog" in focused()
+    assert "branch_focus" in attrs_of(row_with(app, "\u25b6 dog"))
+    app.press("w")
+    assert "cat" in focused() and "branch_focus" in attrs_of(row_with(app, "\u25b6 cat"))
+    app.press("s")
+    assert "dog" in focused()
+    app.press("d")
+    assert "branches \u00b7 3" in "\n".join(lines(app)) and "branch 3" in focused()
+    app.press("a")
+    assert "branches \u00b7 2" in "\n".join(lines(app))
+    app.press("u")
+    assert "branches \u00b7 3" in "\n".join(lines(app)) and "undid" in "\n".join(lines(app))
+
+
+def test_p_without_layer_prob_says_how_to_enable(store):
+    app = make_app(store)
+    app.press("p")
+    row = row_with(app, "--layer_prob")
+    assert "message" in attrs_of(row)
+
+
+def test_layer_view_draws_a_heat_map(store):
+    app = make_app(store, layer_prob=True)
+    app.press("p")
+    app.settle()
+    assert "layer probabilities" in "\n".join(lines(app))
+    heat = {a for a in attrs_of(row_with(app, "\u2588")) if str(a).startswith("heat_")}
+    assert heat
+    app.press("p")
+    assert "layer-normalized" in "\n".join(lines(app))
+    app.press("p")
+    assert "\u2588" not in "\n".join(lines(app))
+
+
+def test_walk_forward_reset_and_save(store):
+    app = make_app(store)
+    app.press("right")
+    app.settle()
+    app.press("right")
+    app.settle()
+    deep = lines(app)[1]
+    app.press("left", "left", "shift right")
+    assert lines(app)[1] == deep
+    app.press("ctrl r")
+    assert "reset to the root prompt" in "\n".join(lines(app))
+    app.press("x")
+    assert "saved to" in "\n".join(lines(app))
+
+
+def test_tree_overview_toggles(store):
+    app = make_app(store)
+    app.press("t")
+    screen = "\n".join(lines(app))
+    assert "tree" in screen and "[dog*]" in screen and "[cat]" in screen
+    assert "tree_current" in attrs_of(row_with(app, "[dog*]"))
+    app.press("t")
+    assert "[dog*]" not in "\n".join(lines(app))
+
+
+def test_help_overlay_is_generated_from_the_keymap(store):
+    app = make_app(store)
+    app.press("?")
+    screen = "\n".join(lines(app))
+    assert "shift+right/L" in screen and "walk_forward" in screen and "ctrl+q" in screen
+    app.press("down")  # any key closes it and does nothing else
+    assert "walk_forward" not in "\n".join(lines(app))
+    assert "   1 " in selected_line(app)
+
+
+def test_ctrl_q_quits(store):
+    app = make_app(store)
+    with pytest.raises(urwid.ExitMainLoop):
+        app.press("ctrl q")
+
+
+def test_keys_can_be_rebound(store):
+    config = parse_config({"display": {"tokens_to_show": 6}, "keys": {"append": ["ctrl+n", "Right"], "quit": "x"}})
+    app = make_app(store, config=config)
+    app.press("ctrl n")
+    app.settle()
+    assert app.snapshot.branches[1].appended == 1
+    with pytest.raises(urwid.ExitMainLoop):
+        app.press("x")  # taken from save_branch
+    assert app.keymap.keys["save_branch"] == ()
+
+
+@pytest.mark.parametrize("keys,match", [
+    ({"fly": "f"}, "unknown command 'fly'"),
+    ({"append": "hyperspace"}, "unknown key name 'hyperspace'"),
+    ({"append": "q", "pop": "q"}, "bound to both"),
+])
+def test_bad_key_config_is_a_clear_error(keys, match):
+    with pytest.raises(ConfigError, match=match):
+        build_keymap(parse_config({"keys": keys}))
+
+
+@pytest.mark.parametrize("name,key", [("shift+right", "shift right"), ("ctrl+Q", "ctrl q"), ("L", "L"),
+                                      ("space", " "), ("Page Down", "page down"), ("alt-x", "meta x"),
+                                      ("shift+l", "L"), ("?", "?")])
+def test_key_names_normalize_to_urwid(name, key):
+    assert normalize_key(name) == key
+
+
+def test_palette_has_16_and_256_colour_entries():
+    for entry in build_palette():
+        assert len(entry) == 6, entry
+    screen16 = urwid.display.raw.Screen()
+    screen16.register_palette(build_palette())  # urwid validates every colour name
+    names = {e[0] for e in build_palette()}
+    assert {"prob_0", "prob_7", "ent_0", "inf_7", "heat_3", "na", "selected"} <= names
+
+
+def test_model_work_never_blocks_the_ui(store):
+    """With the real worker thread held busy, cached navigation and views keep working."""
+    gate = threading.Event()
+    engine = FakeEngine()
+    app = make_app(store, engine, worker=Worker())  # the prompts are computed before the gate
+    engine.gate = gate
+    try:
+        app.press("right")  # a new node: the worker blocks on the gate
+        assert "\u23f3 computing the next-token distribution" in lines(app)[-1]
+        assert "waiting for the model" in "\n".join(lines(app))
+        app.press("w")  # switch to a cached branch
+        assert app.snapshot.candidates and "cat" in next(b.name for b in app.snapshot.branches if b.focused)
+        app.press("e", "down")
+        assert app.snapshot.prompt_view == "probability" and app.snapshot.selected == 1
+        assert "\u23f3" in lines(app)[-1]  # still busy
+    finally:
+        gate.set()
+    app.settle()
+    assert "idle" in lines(app)[-1]
+    assert app.explorer.busy is None and engine.forward_passes == 3
+    app.worker.shutdown()
+
+
+def test_worker_applies_results_on_the_calling_thread():
+    from tokentree.jobs import Job
+
+    seen = {}
+    done = threading.Event()
+    worker = Worker(notify=done.set)
+    job = Job("t", ("t",), run=lambda: threading.get_ident(),
+              finish=lambda ident: seen.update(run=ident, finish=threading.get_ident()), fail=None)
+    worker.submit(job)
+    assert done.wait(5)
+    assert worker.deliver() == 1
+    assert seen["run"] != seen["finish"] == threading.get_ident()
+    worker.shutdown()

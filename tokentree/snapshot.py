@@ -1,0 +1,86 @@
+"""Plain data the explorer hands to the UI: one immutable picture of the screen's content.
+
+The TUI draws only from a Snapshot, so widget tests can build one without a model and the
+explorer can be tested without urwid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PROMPT_VIEWS = ("plain", "probability", "entropy", "influence")
+LAYER_VIEWS = ("off", "layer", "layer_norm")
+
+
+@dataclass(frozen=True)
+class PromptToken:
+    text: str  # the piece as it reads in running text ('' for the first bytes of a split character)
+    token_id: int
+    appended: bool  # added by the user (not part of the branch's root prompt)
+    # The view value in [0, 1], or None for "n/a" (first token, not computed yet).
+    value: float | None
+
+
+@dataclass(frozen=True)
+class CandidateRow:
+    rank: int | None  # 1 = most likely; None when unknown
+    token_id: int
+    text: str  # tokentree.text.visible form
+    prob: float | None
+    explored: bool  # the child node exists in the tree
+    subtree: int  # nodes in the child's subtree (itself included); 0 when unexplored
+    layers: tuple[float, ...] | None = None  # heat-map cells in a layer view, in [0, 1]
+
+
+@dataclass(frozen=True)
+class BranchRow:
+    id: int
+    name: str
+    depth: int  # tokens on the path
+    appended: int  # tokens after the root prompt
+    logprob: float | None  # sum of log p of the appended tokens; None if unknown or none
+    perplexity: float | None
+    focused: bool
+
+
+@dataclass(frozen=True)
+class TreeLine:
+    indent: str  # box-drawing prefix
+    text: str
+    branches: tuple[str, ...]  # names of branches whose current node ends this segment
+    current: bool  # the focused branch's node is in this segment
+
+
+@dataclass(frozen=True)
+class Status:
+    model: str
+    device: str
+    dtype: str
+    session_id: int
+    origin: str  # "cache", "forward", "waiting"
+    ms: float | None  # forward-pass time of the shown node
+    busy: str | None  # what the model worker is doing, None when idle
+    engine_ready: bool
+    error: str | None = None  # the last model error
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    prompt: tuple[PromptToken, ...]
+    prompt_view: str
+    layer_view: str
+    candidates: tuple[CandidateRow, ...]
+    selected: int  # index into candidates (0 when empty)
+    waiting: bool  # the current node has no model output yet
+    branches: tuple[BranchRow, ...]
+    status: Status
+    message: str | None
+    # The last token of the branch: its probability and rank under its context ("n/a" for a
+    # first token), and the entropy of the distribution after it.
+    last_prob: float | None = None
+    last_rank: int | None = None
+    entropy: float | None = None  # nats
+    norm_entropy: float | None = None
+    view_pending: bool = False  # the active view's values are still being computed
+    num_layers: int = 0
+    tree: tuple[TreeLine, ...] = field(default_factory=tuple)

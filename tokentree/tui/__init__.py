@@ -1,0 +1,1 @@
+"""The urwid interface: the only package that imports urwid."""

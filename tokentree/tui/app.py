@@ -1,0 +1,245 @@
+"""The urwid application: layout, key dispatch through the keymap, the model worker loop.
+
+`ExplorerApp` is the whole screen as a widget tree and can be driven without a terminal
+(tests press keys and render it). `run_tui` puts it on the real terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+
+import urwid
+
+from tokentree.errors import TokentreeError
+from tokentree.logs import setup_logging
+from tokentree.tui.keymap import EXPLORER, Keymap, build_keymap
+from tokentree.tui.palette import build_palette, pick_colors
+from tokentree.tui.widgets import BranchList, CandidateTable, HelpView, PromptPane, StatusBar, TreePane
+from tokentree.worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+class KeyRouter(urwid.WidgetWrap):
+    """The top widget: every key goes to the keymap first; the panes never see keys."""
+
+    def __init__(self, app: "ExplorerApp", child: urwid.Widget) -> None:
+        self.app = app
+        super().__init__(child)
+
+    def selectable(self) -> bool:
+        return True
+
+    def keypress(self, size, key):
+        return None if self.app.handle_key(key) else key
+
+
+class ExplorerApp:
+    def __init__(self, explorer, keymap: Keymap, *, worker=None) -> None:
+        """`worker`: a Worker or InlineWorker; None holds model work until `set_worker`."""
+        self.explorer = explorer
+        self.keymap = keymap
+        self.worker = worker
+        self.show_tree = False
+        self.show_help = False
+
+        self.prompt = PromptPane()
+        self.table = CandidateTable()
+        self.branches = BranchList()
+        self.tree = TreePane()
+        self.status = StatusBar(f"{keymap.hint('help')}: help  {keymap.hint('quit')}: quit")
+        self.right = urwid.Pile([self.branches])
+        columns = urwid.Columns([("weight", 3, self.table), ("weight", 2, self.right)])
+        self.frame = urwid.Frame(urwid.Pile([("weight", 2, self.prompt), ("weight", 3, columns)]),
+                                 footer=self.status)
+        self.overlay = urwid.Overlay(HelpView(keymap.help_rows()), self.frame,
+                                     "center", ("relative", 80), "middle", ("relative", 80))
+        self.root = KeyRouter(self, self.frame)
+
+        ex = explorer
+        self.handlers: dict[str, Callable[[], object]] = {
+            "cursor_up": lambda: ex.cursor(-1),
+            "cursor_down": lambda: ex.cursor(1),
+            "append": ex.append,
+            "pop": ex.pop,
+            "walk_forward": ex.walk_forward,
+            "prev_branch": lambda: ex.switch_branch(-1),
+            "next_branch": lambda: ex.switch_branch(1),
+            "duplicate_branch": ex.duplicate_branch,
+            "remove_branch": ex.remove_branch,
+            "undo": ex.undo,
+            "cycle_view": ex.cycle_prompt_view,
+            "cycle_layer_view": ex.cycle_layer_view,
+            "toggle_tree": self.toggle_tree,
+            "save_branch": ex.save_branch,
+            "reset_branch": ex.reset_branch,
+            "help": self.toggle_help,
+            "quit": self.quit,
+        }
+        missing = set(keymap.commands) - set(self.handlers)
+        assert not missing, f"commands without a handler: {missing}"
+        self.pump()
+        self.refresh()
+
+    # ---------------------------------------------------------------- keys
+    def handle_key(self, key: str) -> bool:
+        if self.show_help:
+            # Any key closes the help; quit still quits.
+            if self.keymap.command_for(key, EXPLORER) == "quit":
+                self.quit()
+            self.toggle_help()
+            return True
+        command = self.keymap.command_for(key, EXPLORER)
+        if command is None:
+            return False
+        self.run_command(command)
+        return True
+
+    def run_command(self, command: str) -> None:
+        self.explorer.message = None
+        try:
+            self.handlers[command]()
+        except TokentreeError as exc:  # e.g. a store refusal: say it, keep going
+            self.explorer.message = str(exc)
+        self.pump()
+        self.refresh()
+
+    def press(self, *keys: str) -> None:
+        """Feed keys as the terminal would (tests)."""
+        for key in keys:
+            if self.root.keypress((80, 24), key) is not None:
+                self.explorer.message = f"unbound key: {key}"
+
+    def quit(self) -> None:
+        raise urwid.ExitMainLoop()
+
+    def toggle_tree(self) -> None:
+        self.show_tree = not self.show_tree
+        parts = [(self.branches, ("weight", 1))]
+        if self.show_tree:
+            parts.append((self.tree, ("weight", 2)))
+        self.right.contents[:] = parts
+        self.right.focus_position = 0
+
+    def toggle_help(self) -> None:
+        self.show_help = not self.show_help
+        self.root._w = self.overlay if self.show_help else self.frame
+
+    # ---------------------------------------------------------------- model work
+    def set_worker(self, worker) -> None:
+        self.worker = worker
+        self.pump()
+        self.refresh()
+
+    def pump(self) -> None:
+        """Hand the explorer's next model job to the worker (one at a time)."""
+        if self.worker is None:
+            return
+        while (job := self.explorer.take_job()) is not None:
+            self.worker.submit(job)
+
+    def on_results(self) -> None:
+        """UI thread: apply finished jobs, start the next, redraw."""
+        if self.worker is not None and self.worker.deliver():
+            self.pump()
+            self.refresh()
+
+    def settle(self, timeout: float = 60.0) -> None:
+        """Run model work until idle (tests). Works with the inline and the threaded worker."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.worker.deliver()
+            self.pump()
+            if self.worker.pending == 0 and self.explorer.busy is None:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError("model work did not finish")
+            time.sleep(0.005)
+        self.refresh()
+
+    # ---------------------------------------------------------------- drawing
+    def refresh(self) -> None:
+        snap = self.explorer.snapshot(with_tree=self.show_tree)
+        self.prompt.update(snap)
+        self.table.update(snap)
+        self.branches.update(snap)
+        if self.show_tree:
+            self.tree.update(snap.tree)
+        self.status.update(snap)
+        self.snapshot = snap
+
+    def render(self, size=(100, 30)):
+        return self.root.render(size, focus=True)
+
+
+@contextlib.contextmanager
+def _stderr_to_log(path):
+    """Send fd 2 to the log file while the screen is up: libraries must not draw on it."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    target = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.dup2(target, 2)
+    os.close(target)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def run_tui(explorer, config, *, load_engine: Callable[[], object] | None = None) -> int:
+    """Run the explorer on the terminal until ctrl+q. Returns the exit code.
+
+    With `load_engine`, the model loads in the worker while the cached tree is already shown.
+    The terminal is restored on every exit; an unexpected error's traceback goes to the log file.
+    """
+    keymap = build_keymap(config)  # a bad [keys] table fails before the screen starts
+    log_file = setup_logging()
+    screen = urwid.display.raw.Screen()
+    screen.set_terminal_properties(colors=pick_colors(os.environ))
+    app = ExplorerApp(explorer, keymap)
+    loop = urwid.MainLoop(app.root, build_palette(), screen=screen, handle_mouse=False)
+
+    def wake(data: bytes) -> bool:
+        if not data:
+            return False
+        app.on_results()
+        return True
+
+    wake_fd = loop.watch_pipe(wake)
+    worker = Worker(notify=lambda: os.write(wake_fd, b"!"))
+    if load_engine is not None:
+        worker.submit(explorer.loading_job(load_engine))
+    app.set_worker(worker)
+    # Let ctrl+q / ctrl+s reach the app instead of the tty's XON/XOFF (restored on exit).
+    loop.set_alarm_in(0, lambda *_: screen.tty_signal_keys(start="undefined", stop="undefined"))
+
+    failure: BaseException | None = None
+    code = 0
+    with _stderr_to_log(log_file):
+        try:
+            loop.run()
+        except KeyboardInterrupt:
+            code = 130
+        except Exception as exc:  # noqa: BLE001 -- restore the terminal, log, one line
+            log.exception("the explorer stopped on an error")
+            failure, code = exc, 1
+        finally:
+            worker.shutdown()
+            with contextlib.suppress(OSError):
+                os.close(wake_fd)
+    if failure is not None:
+        print(f"tokentree: internal error: {failure!r} (details in {log_file})", file=sys.stderr)
+    elif code == 130:
+        print("tokentree: interrupted (the session is saved)", file=sys.stderr)
+    return code
