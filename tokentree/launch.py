@@ -37,7 +37,7 @@ def _new_session(args: argparse.Namespace, config: Config, db: Path) -> int:
     paths = [Path(p) for p in args.input] or [default_prompt_path(config.prompt.example_prompt)]
     texts = [read_prompt(p) for p in paths]
 
-    from tokentree.store import Store
+    from tokentree.store import RootPrompt, Store
 
     store = Store.open(db)
     try:
@@ -57,9 +57,8 @@ def _new_session(args: argparse.Namespace, config: Config, db: Path) -> int:
         session_id = store.start_session(
             model_name=loaded.name, fingerprint=loaded.fingerprint, vocab_key=loaded.vocab_key,
             prompt_sources=[source for source, _ in prompts],
+            roots=[RootPrompt(tuple(tokens), source, Path(source).stem) for source, tokens in prompts],
         )
-        for source, tokens in prompts:
-            store.create_branch(session_id, tokens, source=source, name=Path(source).stem)
         explorer = _explorer(store, session_id, config, args, model_name=loaded.name)
         explorer.attach_engine(engine)
         from tokentree.tui.app import run_tui
@@ -78,6 +77,8 @@ def _resume(args: argparse.Namespace, config: Config, db: Path) -> int:
     try:
         session_id = resolve_session(store, args.resume)
         info = store.session(session_id)
+        if not store.branches(session_id):
+            raise InputError(f"session {session_id} has no branches (it was cut off while starting); start a new one")
         model_name = args.model or info.model_name
         explorer = _explorer(store, session_id, config, args, model_name=model_name)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import queue
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
 from typing import Callable
 
 from tokentree.jobs import Job
@@ -19,43 +19,55 @@ log = logging.getLogger(__name__)
 
 
 class Worker:
+    """One daemon thread: quitting never waits for a forward pass or a model load to end
+    (the process exits; the UI has already recorded everything)."""
+
     def __init__(self, notify: Callable[[], None] = lambda: None) -> None:
         self._notify = notify
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokentree-model")
-        self._done: queue.SimpleQueue[tuple[Job, Future]] = queue.SimpleQueue()
+        self._todo: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[tuple[Job, object, BaseException | None]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="tokentree-model", daemon=True)
+        self._thread.start()
         self.pending = 0  # submitted, not yet delivered
 
     def submit(self, job: Job) -> None:
         self.pending += 1
-        future = self._executor.submit(job.run)
-        future.add_done_callback(lambda f: self._completed(job, f))
+        self._todo.put(job)
 
-    def _completed(self, job: Job, future: Future) -> None:  # worker thread
-        self._done.put((job, future))
-        try:
-            self._notify()
-        except OSError:  # the UI is gone (pipe closed while quitting)
-            pass
+    def _loop(self) -> None:  # worker thread
+        while (job := self._todo.get()) is not None:
+            try:
+                self._done.put((job, job.run(), None))
+            except BaseException as exc:  # noqa: BLE001 -- delivered to the UI thread as a failure
+                self._done.put((job, None, exc))
+            try:
+                self._notify()
+            except OSError:  # the UI is gone (pipe closed while quitting)
+                pass
 
     def deliver(self) -> int:
         """Apply finished jobs on the calling (UI) thread; returns how many."""
         count = 0
         while True:
             try:
-                job, future = self._done.get_nowait()
+                job, result, exc = self._done.get_nowait()
             except queue.Empty:
                 return count
             self.pending -= 1
             count += 1
-            exc = future.exception()
             if exc is not None:
                 job.fail(exc)
             else:
-                job.finish(future.result())
+                job.finish(result)
 
     def shutdown(self) -> None:
-        """Stop taking work; a forward pass already running finishes in the background."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Stop taking work; a forward pass already running is abandoned with the process."""
+        while True:
+            try:
+                self._todo.get_nowait()
+            except queue.Empty:
+                break
+        self._todo.put(None)
 
 
 class InlineWorker:

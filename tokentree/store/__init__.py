@@ -6,7 +6,7 @@ from tokentree.errors import ConcurrencyError, SessionNotFound, StoreError
 from .events import Event
 from .keys import prefix_key, prefix_keys
 from .store import Store
-from .types import Branch, Node, SessionInfo, SessionSummary
+from .types import Branch, Node, RootPrompt, SessionInfo, SessionSummary
 
 __all__ = [
     "Branch",
@@ -20,4 +20,5 @@ __all__ = [
     "StoreError",
     "prefix_key",
     "prefix_keys",
+    "RootPrompt",
 ]

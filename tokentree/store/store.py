@@ -27,7 +27,7 @@ from . import events as ev
 from .engine import enable_wal, make_engine
 from .events import Event, dump_payload, utc_now
 from .schema import BranchRow, EventRow, FocusRow, NodeRow, SessionNodeRow, SessionRow
-from .types import Branch, Node, SessionInfo, SessionSummary
+from .types import Branch, Node, RootPrompt, SessionInfo, SessionSummary
 
 B = BranchRow.__table__
 N = NodeRow.__table__
@@ -270,7 +270,17 @@ class Store:
 
     # ------------------------------------------------------------------ sessions
 
-    def start_session(self, *, model_name: str, fingerprint: str, vocab_key: str, prompt_sources: Sequence[str]) -> int:
+    def start_session(
+        self,
+        *,
+        model_name: str,
+        fingerprint: str,
+        vocab_key: str,
+        prompt_sources: Sequence[str],
+        roots: Sequence[RootPrompt] = (),
+    ) -> int:
+        """A new session and, in the same transaction, one branch per root prompt: a crash
+        can never leave a session without its branches."""
         with self._write() as conn:
             sid = (conn.execute(select(func.max(E.c.session_id))).scalar() or 0) + 1
             payload = {
@@ -280,6 +290,8 @@ class Store:
                 "prompt_sources": [str(s) for s in prompt_sources],
             }
             self._append(conn, sid, ev.SESSION_STARTED, payload, 0)
+            for root in roots:
+                self._create_branch(conn, sid, root.tokens, source=root.source, name=root.name)
             return sid
 
     def _session_row(self, conn: Connection, session_id: int):
@@ -367,24 +379,29 @@ class Store:
     def create_branch(
         self, session_id: int, root_tokens: Sequence[int], *, source: str | None = None, name: str | None = None
     ) -> int:
+        with self._write() as conn:
+            return self._create_branch(conn, session_id, root_tokens, source=source, name=name)
+
+    def _create_branch(
+        self, conn: Connection, session_id: int, root_tokens: Sequence[int], *, source: str | None, name: str | None
+    ) -> int:
         tokens = [int(t) for t in root_tokens]
         if not tokens:
             raise StoreError("a branch needs a prompt of at least one token")
         if any(t < 0 or t >= 1 << 32 for t in tokens):
             raise StoreError("token ids must be in [0, 2**32)")
-        with self._write() as conn:
-            self._session_row(conn, session_id)
-            branch_id = self._next_branch_id(conn)
-            payload = {
-                "branch_id": branch_id,
-                "name": name if name is not None else self._default_name(conn, session_id),
-                "position": self._live_count(conn, session_id),
-                "root_tokens": tokens,
-                "source": source,
-                "prev_focus": self._focus(conn, session_id),
-            }
-            self._append(conn, session_id, ev.BRANCH_CREATED, payload, None)
-            return branch_id
+        self._session_row(conn, session_id)
+        branch_id = self._next_branch_id(conn)
+        payload = {
+            "branch_id": branch_id,
+            "name": name if name is not None else self._default_name(conn, session_id),
+            "position": self._live_count(conn, session_id),
+            "root_tokens": tokens,
+            "source": source,
+            "prev_focus": self._focus(conn, session_id),
+        }
+        self._append(conn, session_id, ev.BRANCH_CREATED, payload, None)
+        return branch_id
 
     def append_token(self, session_id: int, branch_id: int, token_id: int) -> int:
         token_id = int(token_id)
@@ -478,12 +495,16 @@ class Store:
         undone = select(func.json_extract(E.c.payload, "$.target_seq")).where(
             E.c.session_id == session_id, E.c.type == ev.UNDO
         )
-        return conn.execute(
+        target = conn.execute(
             select(E.c.seq, E.c.type)
             .where(E.c.session_id == session_id, E.c.type.in_(sorted(ev.UNDOABLE)), E.c.seq.not_in(undone))
             .order_by(E.c.seq.desc())
             .limit(1)
         ).first()
+        # Undo history ends at the last branch: a session always keeps at least one.
+        if target is not None and target.type == ev.BRANCH_CREATED and self._live_count(conn, session_id) <= 1:
+            return None
+        return target
 
     def undo(self, session_id: int) -> str | None:
         with self._write() as conn:

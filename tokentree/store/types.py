@@ -42,3 +42,12 @@ class SessionSummary(SessionInfo):
     n_branches: int
     n_nodes: int
     first_line: str  # first non-empty line of the first branch's root prompt
+
+
+@dataclass(frozen=True)
+class RootPrompt:
+    """A root prompt for Store.start_session: its tokens, where it came from, a branch name."""
+
+    tokens: tuple[int, ...]
+    source: str | None = None
+    name: str | None = None
