@@ -38,9 +38,11 @@ def test_prompt_pieces_joins_a_split_character_on_its_last_token():
     pieces = [b"a", b"\xe6", b"\x97", b"\xa5", b"\xe6\x9c", b"\xac", b" b"]
     assert prompt_pieces(pieces) == ["a", "", "", "\u65e5", "", "\u672c", " b"]
     assert prompt_pieces([]) == []
-    # An unfinished character at the end (or an invalid byte) becomes U+FFFD, as decode does.
-    assert "".join(prompt_pieces([b"x", b"\xe6\x97"])) == b"x\xe6\x97".decode("utf-8", "replace")
-    assert "".join(prompt_pieces([b"\xff", b"y"])) == "\ufffdy"
+    # An unfinished character at the end, an invalid byte or a control code shows as escapes,
+    # never as U+FFFD noise or an invisible character.
+    assert prompt_pieces([b"x", b"\xe6\x97"]) == ["x", "\\xe6\\x97"]
+    assert prompt_pieces([b"\xff", b"y"]) == ["\\xff", "y"]
+    assert prompt_pieces([b"72", b"\x17", b"a\n\tb"]) == ["72", "\\x17", "a\n\tb"]
 
 
 @pytest.fixture(scope="module", params=["qwen2", "gpt2", "llama"])

@@ -43,12 +43,21 @@ def prompt_pieces(pieces: Sequence[bytes]) -> list[str]:
     """Per-token text for the prompt pane, so each token can be coloured on its own.
 
     A character split across tokens appears whole on the token that completes it (the earlier
-    fragments are ''), and ''.join(result) equals the decoded text (invalid bytes become
-    U+FFFD, as in the tokenizer's own decode).
+    fragments are ''), so for valid UTF-8 ''.join(result) equals the decoded text. Bytes that
+    never form a character, and control characters other than newline and tab, show as \\xNN
+    escapes rather than '\ufffd' or invisible codes.
     """
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="backslashreplace")
     out = [decoder.decode(piece, final=False) for piece in pieces]
     tail = decoder.decode(b"", final=True)  # an unfinished character at the very end
     if tail:
         out[-1] += tail
-    return out
+    return [_show_controls(text) for text in out]
+
+
+def _show_controls(text: str) -> str:
+    if text.isprintable():  # the common case: nothing to do
+        return text
+    return "".join(
+        _escape(ch) if ch not in _MARKS and unicodedata.category(ch) == "Cc" else ch for ch in text
+    )
