@@ -351,6 +351,20 @@ def test_outputs_round_trip_and_one_transaction(store):
     assert store.get_outputs([keys[1]], "fp")[keys[1]].next.top_ids == _output(64, 99).next.top_ids
 
 
+def test_node_scores_are_the_light_columns_of_the_session_nodes(store):
+    sid = store.start_session(model_name="m", fingerprint="fp", vocab_key="v", prompt_sources=[])
+    b = store.create_branch(sid, [5, 6, 7])
+    nodes = store.path_nodes(store.branches(sid)[0].node_id)
+    outputs = [_output(64, i) for i in range(len(nodes))]
+    store.put_outputs([(n.prefix_key, o) for n, o in zip(nodes[1:], outputs[1:])], "fp")  # first left uncached
+    scores = store.node_scores(sid, "fp")
+    assert set(scores) == {n.id for n in nodes[1:]}
+    for n, o in zip(nodes[1:], outputs[1:]):
+        assert scores[n.id] == (o.token_prob, o.token_rank, o.next.entropy, o.next.norm_entropy)
+    assert store.node_scores(sid, "another-model") == {}
+    assert b == store.branches(sid)[0].id
+
+
 def test_analysis_merges_fields(store):
     key = prefix_key(None, 1, "v")
     assert store.get_analysis(key, "fp") is None

@@ -136,35 +136,41 @@ def load_export_tree(store, session_id: int, *, with_top: bool = True) -> Export
                 raw.setdefault(n.id, n)
 
     order = sorted(raw.values(), key=attrgetter("depth", "id"))
-    outputs = store.get_outputs([n.prefix_key for n in order], fingerprint) if order else {}
+    if with_top:
+        outputs = store.get_outputs([n.prefix_key for n in order], fingerprint) if order else {}
+        scores = {
+            n.id: (o.token_prob, o.token_rank, o.next.entropy, o.next.norm_entropy)
+            for n in order
+            if (o := outputs.get(n.prefix_key)) is not None
+        }
+    else:  # the light columns only: a big tree exports without decoding any top-K lists
+        outputs, scores = {}, store.node_scores(session_id, fingerprint)
 
     # The distribution that chose each node's token is its parent's "next" distribution.
-    chosen_by = {}
     ids: set[int] = set()
     for n in order:
         ids.add(n.token_id)
-        parent = raw.get(n.parent_id) if n.parent_id is not None else None
-        parent_out = outputs.get(parent.prefix_key) if parent is not None else None
-        if parent_out is not None:
-            chosen_by[n.id] = parent_out.next
-            if with_top:
+        if with_top and n.parent_id is not None and (parent := raw.get(n.parent_id)) is not None:
+            if (parent_out := outputs.get(parent.prefix_key)) is not None:
                 ids.update(parent_out.next.top_ids)
     pieces = {i: bytes(b) for i, b in store.token_bytes(vocab_key, ids).items()} if ids else {}
 
     nodes: list[ExportNode] = []
     append = nodes.append
-    get_output = outputs.get
-    get_dist = chosen_by.get
+    get_score = scores.get
     get_piece = pieces.get
     for n in order:
-        own = get_output(n.prefix_key) if n.parent_id is not None else None
-        dist = get_dist(n.id)
-        if dist is None:
+        own = get_score(n.id) if n.parent_id is not None else None
+        parent_score = get_score(n.parent_id) if n.parent_id is not None else None
+        if parent_score is None:
             entropy = norm_entropy = None
             top_ids = top_probs = ()
         else:
-            entropy, norm_entropy = _finite(dist.entropy), _finite(dist.norm_entropy)
-            top_ids, top_probs = (dist.top_ids, dist.top_probs) if with_top else ((), ())
+            entropy, norm_entropy = _finite(parent_score[2]), _finite(parent_score[3])
+            top_ids = top_probs = ()
+            if with_top:
+                dist = outputs[raw[n.parent_id].prefix_key].next
+                top_ids, top_probs = dist.top_ids, dist.top_probs
         append(
             ExportNode(
                 n.id,
@@ -172,8 +178,8 @@ def load_export_tree(store, session_id: int, *, with_top: bool = True) -> Export
                 n.token_id,
                 n.depth,
                 get_piece(n.token_id),
-                None if own is None else _finite(own.token_prob),
-                None if own is None else own.token_rank,
+                None if own is None else _finite(own[0]),
+                None if own is None else own[1],
                 entropy,
                 norm_entropy,
                 top_ids,

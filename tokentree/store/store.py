@@ -26,7 +26,7 @@ from . import cache, migrate, projector
 from . import events as ev
 from .engine import enable_wal, make_engine
 from .events import Event, dump_payload, utc_now
-from .schema import BranchRow, EventRow, FocusRow, NodeRow, SessionNodeRow, SessionRow
+from .schema import BranchRow, EventRow, FocusRow, NodeOutputRow, NodeRow, SessionNodeRow, SessionRow
 from .types import Branch, Node, RootPrompt, SessionInfo, SessionSummary
 
 B = BranchRow.__table__
@@ -603,6 +603,23 @@ class Store:
     def get_outputs(self, prefix_keys: Sequence[bytes], fingerprint: str) -> dict[bytes, NodeOutput]:
         with self._read() as conn:
             return cache.get_outputs(conn, prefix_keys, fingerprint)
+
+    def node_scores(self, session_id: int, fingerprint: str) -> dict[int, tuple[float | None, int | None, float, float]]:
+        """node id -> (token_prob, token_rank, entropy, norm_entropy) for every node of the
+        session with output cached under `fingerprint`: one query over the light columns,
+        no top-K blobs, for exports of big trees."""
+        O = NodeOutputRow.__table__
+        with self._read() as conn:
+            mid = cache.model_id(conn, fingerprint, create=False)
+            if mid is None:
+                return {}
+            rows = conn.execute(
+                select(SN.c.node_id, O.c.token_prob, O.c.token_rank, O.c.entropy, O.c.norm_entropy)
+                .join(N, N.c.id == SN.c.node_id)
+                .join(O, (O.c.prefix_key == N.c.prefix_key) & (O.c.model_id == mid))
+                .where(SN.c.session_id == session_id)
+            )
+            return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
 
     def put_outputs(self, items: Sequence[tuple[bytes, NodeOutput]], fingerprint: str) -> None:
         """Store many nodes' outputs (e.g. a whole prefill) in ONE transaction."""
