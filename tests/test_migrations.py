@@ -34,6 +34,7 @@ def test_single_head():
     script = ScriptDirectory.from_config(migrate.alembic_config())
     assert len(script.get_heads()) == 1
     assert migrate.head_revision() == script.get_current_head()
+    assert migrate.SCHEMA_HEAD == script.get_current_head()  # the no-alembic fast path is current
 
 
 def test_env_uses_the_passed_connection_and_batch_mode():

@@ -11,10 +11,15 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, inspect
+from sqlalchemy import Connection, inspect, text
 
 from tokentree.errors import StoreError
 from tokentree.resources import resource_path
+
+# The newest revision in migrations/versions. A database already at it is opened without
+# importing alembic at all (a measurable part of `tokentree sessions`' start-up);
+# tests/test_migrations.py keeps this equal to alembic's head.
+SCHEMA_HEAD = "0001"
 
 if TYPE_CHECKING:  # alembic is imported lazily: it is only needed when a database is opened
     from alembic.config import Config
@@ -50,9 +55,10 @@ def known_revisions() -> set[str]:
 
 
 def current_revisions(conn: Connection) -> tuple[str, ...]:
-    from alembic.runtime.migration import MigrationContext
-
-    return tuple(MigrationContext.configure(conn).get_current_heads())
+    """The revisions recorded in alembic_version (read with plain SQL: no alembic import)."""
+    if not inspect(conn).has_table("alembic_version"):
+        return ()
+    return tuple(sorted(r[0] for r in conn.execute(text("SELECT version_num FROM alembic_version"))))
 
 
 def check_database(conn: Connection, label: str) -> None:
@@ -65,6 +71,8 @@ def check_database(conn: Connection, label: str) -> None:
             raise StoreError(f"{label} is an SQLite database but not a tokentree database")
         return
     current = current_revisions(conn)
+    if current == (SCHEMA_HEAD,):
+        return
     unknown = [rev for rev in current if rev not in known_revisions()]
     if unknown:
         raise StoreError(
@@ -73,7 +81,8 @@ def check_database(conn: Connection, label: str) -> None:
 
 
 def needs_upgrade(conn: Connection) -> bool:
-    return current_revisions(conn) != (head_revision(),)
+    current = current_revisions(conn)
+    return current != (SCHEMA_HEAD,) and current != (head_revision(),)
 
 
 def upgrade(conn: Connection, revision: str = "head") -> None:
