@@ -574,9 +574,13 @@ class Store:
         with self._read() as conn:
             self._session_row(conn, session_id)
             rows = conn.execute(
-                select(N).join(SN, SN.c.node_id == N.c.id).where(SN.c.session_id == session_id).order_by(N.c.id)
+                select(N.c.id, N.c.parent_id, N.c.token_id, N.c.depth, N.c.prefix_key)
+                .join(SN, SN.c.node_id == N.c.id)
+                .where(SN.c.session_id == session_id)
+                .order_by(N.c.id)
             ).all()
-            return [_node(r) for r in rows]
+            # Positional construction: this runs once per node of a possibly huge tree.
+            return [Node(i, p, t, d, bytes(k)) for i, p, t, d, k in rows]
 
     def subtree_sizes(self, node_ids: Iterable[int]) -> dict[int, int]:
         """For each node, the number of its descendants (the node itself not counted) in the
@@ -618,7 +622,7 @@ class Store:
                 .join(N, N.c.id == SN.c.node_id)
                 .join(O, (O.c.prefix_key == N.c.prefix_key) & (O.c.model_id == mid))
                 .where(SN.c.session_id == session_id)
-            )
+            ).all()
             return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
 
     def put_outputs(self, items: Sequence[tuple[bytes, NodeOutput]], fingerprint: str) -> None:
