@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 from tokentree.lm import Engine, load_model
 from tokentree.lm import analysis
 from tokentree.lm.engine import final_norm
+from tokentree.outputs import Analysis
 
 ARCHES = ("qwen2", "gpt2", "llama")
 PROMPT = "The quick brown fox jumps over the lazy dog."
@@ -174,3 +175,81 @@ def test_final_norm_is_found_per_architecture(engines):
     assert final_norm(engines["qwen2"].model) is engines["qwen2"].model.model.norm
     assert final_norm(engines["llama"].model) is engines["llama"].model.model.norm
     assert final_norm(engines["gpt2"].model) is engines["gpt2"].model.transformer.ln_f
+
+
+def full_probs(model, tokens) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.softmax(model(input_ids=torch.tensor([tokens])).logits[0].double(), -1)
+
+
+def same_output(got, ref) -> None:
+    assert got.token_prob == pytest.approx(ref.token_prob, rel=1e-4, abs=1e-7)
+    assert got.token_rank == ref.token_rank
+    assert got.next.top_probs == pytest.approx(ref.next.top_probs, abs=1e-5)
+    assert got.next.entropy == pytest.approx(ref.next.entropy, abs=1e-4)
+
+
+@pytest.mark.parametrize("cache_size", [1, 100])
+@pytest.mark.parametrize("arch", ARCHES)
+def test_step_with_analysis_is_one_pass_equal_to_step_then_analyze(tiny_models, eager_models, arch, cache_size):
+    loaded = load_model(str(tiny_models[arch]), device="cpu")
+    combined = Engine(loaded, top_k=8, cache_size=cache_size)
+    separate = Engine(loaded, top_k=8, cache_size=cache_size)
+    reference = eager_models[arch]
+    tokens = combined.encode(PROMPT)
+    for engine in (combined, separate):
+        engine.prefill(tokens)
+        engine.step(tokens, 12)
+    fed: list[int] = []
+    hook = combined.model.register_forward_pre_hook(
+        lambda m, args, kwargs: fed.append(kwargs["input_ids"].shape[-1]), with_kwargs=True
+    )
+    try:
+        # A sibling after a pop (parent logits kept unless cache_size=1), then a deeper node.
+        for prefix, token, lens_count in [(tokens, 40, 4), (tokens + [40], 7, 3), (tokens[:-2], 9, 10)]:
+            fed.clear()
+            passes = combined.forward_passes
+            out, result = combined.step_with_analysis(prefix, token, influence=True, lens_count=lens_count)
+            assert combined.forward_passes == passes + 1 and len(fed) == 1
+            assert combined.model.config._attn_implementation == "sdpa", "eager is switched back afterwards"
+            path = prefix + [token]
+            # == step + analyze on another engine (two passes there)
+            ref_out = separate.step(prefix, token)
+            probs = full_probs(reference, path)
+            ids = torch.topk(probs[-1], lens_count).indices.tolist()
+            ref = separate.analyze(path, influence=True, lens_ids=ids)
+            same_output(out, ref_out)
+            assert result.lens_ids == tuple(ids) == tuple(ref.lens_ids)
+            if lens_count <= 8:
+                assert result.lens_ids == out.next.top_ids[:lens_count]
+            assert torch.allclose(torch.tensor(result.influence), torch.tensor(ref.influence), atol=1e-5)
+            assert torch.allclose(torch.tensor(result.lens_probs), torch.tensor(ref.lens_probs), atol=1e-6, rtol=1e-4)
+            # == a plain eager forward pass over the whole path
+            assert out.token_prob == pytest.approx(probs[-2, token].item(), rel=1e-4)
+            assert out.next.top_probs[0] == pytest.approx(probs[-1].max().item(), abs=1e-5)
+            assert torch.allclose(torch.tensor(result.influence), expected_influence(reference, path), atol=1e-5)
+            lens = torch.tensor(result.lens_probs)
+            assert torch.allclose(lens, expected_lens(reference, arch, path, ids), atol=1e-6, rtol=1e-4)
+        # The combined engine's cache stays consistent: a plain step afterwards is still exact.
+        fed.clear()
+        out = combined.step(tokens + [40, 7], 3)
+        probs = full_probs(reference, tokens + [40, 7, 3])
+        assert out.token_prob == pytest.approx(probs[-2, 3].item(), rel=1e-4)
+        assert out.next.top_probs[0] == pytest.approx(probs[-1].max().item(), abs=1e-5)
+        if cache_size > 1:
+            assert fed == [1]
+    finally:
+        hook.remove()
+
+
+def test_step_with_analysis_without_views_is_a_plain_step(tiny_models):
+    loaded = load_model(str(tiny_models["qwen2"]), device="cpu")
+    engine, plain = Engine(loaded, top_k=8), Engine(loaded, top_k=8)
+    tokens = engine.encode(PROMPT)
+    out, result = engine.step_with_analysis(tokens, 12, influence=False, lens_count=0)
+    assert result == Analysis() and engine.forward_passes == 1
+    same_output(out, plain.step(tokens, 12))
+    only_influence = engine.step_with_analysis(tokens, 13, influence=True, lens_count=0)[1]
+    assert only_influence.lens_ids is None and len(only_influence.influence) == len(tokens) + 1
+    only_lens = engine.step_with_analysis(tokens, 14, influence=False, lens_count=2)[1]
+    assert only_lens.influence is None and len(only_lens.lens_ids) == 2

@@ -153,8 +153,68 @@ def test_bf16_outputs_are_float32_and_close_to_float32(tiny_models, loaded):
     ref, out = fp32.step(prompt, 12), bf16.step(prompt, 12)
     assert out.token_prob == pytest.approx(ref.token_prob, rel=0.2)
     assert out.next.entropy == pytest.approx(ref.next.entropy, abs=0.15)
-    assert bf16._lines[-1].logits.dtype == torch.float32
+    assert all(row.dtype == torch.float32 for row in bf16._logits.values())
     lens = bf16.analyze(prompt + [12], influence=True, lens_ids=ref.next.top_ids[:3])
     lens_ref = fp32.analyze(prompt + [12], influence=True, lens_ids=ref.next.top_ids[:3])
     assert torch.allclose(torch.tensor(lens.lens_probs), torch.tensor(lens_ref.lens_probs), atol=0.05)
     assert torch.allclose(torch.tensor(lens.influence), torch.tensor(lens_ref.influence), atol=0.05)
+
+
+class FedTokens:
+    """Spy on the model: how many input ids each forward call feeds."""
+
+    def __init__(self, model):
+        self.calls: list[int] = []
+        self._handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self.calls.append(ids.shape[-1])
+
+    def close(self):
+        self._handle.remove()
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_step_after_a_pop_feeds_exactly_one_token(loaded, arch):
+    engine = Engine(loaded[arch], top_k=TOP_K)
+    prompt = engine.encode(PROMPT)
+    engine.prefill(prompt)
+    spy = FedTokens(engine.model)
+    try:
+
+        def fed(prefix, token) -> int:
+            """Tokens the engine's one call fed (check_step's own reference pass comes second)."""
+            spy.calls.clear()
+            check_step(engine, prefix, token)
+            assert len(spy.calls) == 2
+            return spy.calls[0]
+
+        a = list(prompt)
+        for token in (12, 40, 7):
+            assert fed(a, token) == 1
+            a.append(token)
+        # Pop, then another candidate (a sibling): crop by one, feed ONE token.
+        for prefix, token in [
+            (a[:-1], 99),  # pop one
+            (a[:-1], 98),  # and another sibling there
+            (a[:-3], 5),  # pop three: the parent is the prompt's tip
+            (prompt[:-1], 21),  # pop into the prompt (the prefill kept its last rows)
+        ]:
+            assert fed(prefix, token) == 1, f"{prefix[-2:]} + {token}"
+        # An unexplored parent whose logits nobody computed: still ONE call (two tokens).
+        assert fed(prompt[:-4] + [77], 6) == 2
+    finally:
+        spy.close()
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_kept_logits_are_bounded_by_cache_size(loaded, arch):
+    engine = Engine(loaded[arch], top_k=TOP_K, cache_size=3)
+    prompt = engine.encode(PROMPT)
+    engine.prefill(prompt)
+    assert len(engine._logits) == 3
+    for t in range(10, 16):
+        engine.step(prompt, t)
+        assert len(engine._logits) <= 3 and len(engine._lines) <= 3
+    check_step(engine, prompt, 30)  # the parent stays recent: its logits are still kept

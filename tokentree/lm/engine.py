@@ -1,24 +1,29 @@
 """KV-cached next-token analysis: one forward call per prompt, per step, per analysis.
 
-The engine keeps an LRU of *cache lines*: a token prefix, its KV cache (a DynamicCache) and,
-when known, the float32 logits after that prefix. A request picks the line sharing the
-longest prefix with it and feeds the model only the tokens the line lacks:
+The engine keeps an LRU of *cache lines*: a token prefix and its KV cache (a DynamicCache).
+A request picks the line sharing the longest prefix with it and feeds the model only the
+tokens the line lacks:
 
 - extend: the line is a prefix of what is needed -> grow it in place (the old, shorter prefix
   is no longer held; its outputs live in the store anyway);
 - crop: the line diverges (a pop, another branch) -> `cache.crop`. While the LRU has room the
   line is forked first (a shallow copy sharing the tensors, which DynamicLayer never writes in
   place) so the other branch keeps its cache; when full, the line is cropped in place.
-- A step needs the parent's full distribution for the token's probability and rank. When the
-  line does not hold the parent's logits (after a crop), the parent's last token is re-run in
-  the same call (crop one more), so it is still one forward call.
+- A step needs the parent's full distribution for the token's probability and rank. A second
+  small LRU (`cache_size` entries) keeps the float32 next-token logits [V] of recent prefixes
+  (every step's parent and child, the last rows of a prefill, each analysis), so a step after
+  a pop (a sibling) crops the line by one and feeds ONE token. Only when the parent's logits
+  are not kept is the parent's last token re-run in the same call (crop one more): still one
+  forward call, but two rows, which costs far more than one on a CPU.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -28,14 +33,14 @@ from tokentree.lm.loader import LoadedModel
 from tokentree.lm.tokens import TokenBytes, special_ids
 from tokentree.outputs import Analysis, NodeOutput
 
-_ROWS_PER_CHUNK = 256  # bounds the float32 softmax memory of a long prefill (rows x vocab)
+_ROWS_PER_CHUNK = 16  # rows x vocab per chunk of prefill math: small enough to stay in cache
+_PREFILL_ROWS_KEPT = 8  # a prefill keeps the logits of its last prefixes (a pop into the prompt)
 
 
 @dataclass
 class _Line:
     tokens: tuple[int, ...]
     cache: object  # transformers Cache holding exactly len(tokens) positions
-    logits: torch.Tensor | None  # float32 [V]: next-token logits after `tokens`, if known
 
 
 def _own(row: torch.Tensor) -> torch.Tensor:
@@ -93,6 +98,8 @@ class Engine:
         self._token_bytes = TokenBytes(loaded.tokenizer)
         self._device = torch.device(loaded.device)
         self._lines: list[_Line] = []  # least recently used first
+        # float32 [V] next-token logits after a prefix, least recently used first
+        self._logits: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()
         self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
 
     # ------------------------------------------------------------------ tokens
@@ -110,41 +117,64 @@ class Engine:
         tokens = tuple(tokens)
         if not tokens:
             raise ValueError("prefill needs at least one token")
+        n = len(tokens)
         with torch.inference_mode():
-            line = _Line((), self._new_cache(), None)
+            line = _Line((), self._new_cache())
             logits = self._run(line, tokens, 0).logits[0]  # [n, V]: every position is needed
-            line.logits = _own(logits[-1])
+            for i in range(max(n - min(self.cache_size, _PREFILL_ROWS_KEPT), 0), n):
+                self._keep_logits(tokens[: i + 1], logits[i])  # the tip is the most recent
             targets = torch.tensor(tokens[1:], dtype=torch.long, device=logits.device)
-            results: list[NodeOutput] = []
-            for lo in range(0, len(tokens), _ROWS_PER_CHUNK):
-                hi = min(lo + _ROWS_PER_CHUNK, len(tokens))
-                dists = analysis.distributions(logits[lo:hi], self.top_k)
-                # Row i predicts tokens[i + 1]; the node tokens[:i+1] is scored by row i - 1.
-                p_lo = max(lo - 1, 0)
-                probs, ranks = analysis.tokens_prob_rank(logits[p_lo : hi - 1], targets[p_lo : hi - 1])
-                scored = dict(zip(range(p_lo + 1, hi), zip(probs, ranks)))
-                for i, dist in zip(range(lo, hi), dists):
-                    prob, rank = scored.get(i, (None, None))
-                    results.append(NodeOutput(prob, rank, dist))
-        return results
+            dists: list = []
+            scores: list[tuple[float | None, int | None]] = [(None, None)]
+            for lo in range(0, n, _ROWS_PER_CHUNK):
+                hi = min(lo + _ROWS_PER_CHUNK, n)
+                # Row i predicts tokens[i + 1]: it scores the node tokens[:i+2] (none for the last).
+                chunk, probs, ranks = analysis.summarize(logits[lo:hi], self.top_k, targets[lo:hi])
+                dists.extend(chunk)
+                scores.extend(zip(probs, ranks))
+        return [NodeOutput(prob, rank, dist) for (prob, rank), dist in zip(scores, dists)]
 
     def step(self, prefix: Sequence[int], token: int) -> NodeOutput:
         """Output for prefix + [token] from ONE forward call reusing the closest cached prefix."""
+        return self._step(prefix, token, influence=False, lens_count=0)[0]
+
+    def step_with_analysis(
+        self, prefix: Sequence[int], token: int, *, influence: bool, lens_count: int
+    ) -> tuple[NodeOutput, Analysis]:
+        """`step(prefix, token)` plus the analysis of prefix + [token] from the SAME forward
+        call: attention influence (if asked; eager attention for that call only) and the
+        logit lens over the top `lens_count` ids of the new distribution (lens_ids = those)."""
+        return self._step(prefix, token, influence=influence, lens_count=max(0, int(lens_count)))
+
+    def _step(
+        self, prefix: Sequence[int], token: int, *, influence: bool, lens_count: int
+    ) -> tuple[NodeOutput, Analysis]:
         prefix = tuple(prefix)
         target = prefix + (token,)
         with torch.inference_mode():
-            held = self._held(prefix)
-            if held is not None:  # the parent's logits are at hand: feed just the token
-                line, start, parent_logits = held, len(prefix), held.logits
-            else:  # re-run the parent's last token too, to get its full distribution
-                line, start = self._checkout(target, feed_at_least=2 if prefix else 1)
-            logits = self._run(line, target, start, keep=2).logits[0, -2:].float()
-            if held is None and prefix:
-                parent_logits = logits[-2]
-            line.logits = _own(logits[-1])
+            parent_logits = self._kept_logits(prefix) if prefix else None
+            # Without the parent's logits, its last token is re-run in the same call.
+            rerun = bool(prefix) and parent_logits is None
+            line, start = self._checkout(target, feed_at_least=2 if rerun else 1)
+            with self._attention(influence):
+                out = self._run(
+                    line, target, start, keep=2 if rerun else 1,
+                    output_attentions=influence, output_hidden_states=lens_count > 0,
+                )
+            if rerun:
+                parent_logits = self._keep_logits(prefix, out.logits[0, -2])
+            logits = self._keep_logits(target, out.logits[0, -1])
             prob, rank = analysis.token_prob_rank(parent_logits, token) if prefix else (None, None)
-            dist = analysis.distributions(logits[-1:], self.top_k)[0]
-        return NodeOutput(prob, rank, dist)
+            dist = analysis.distributions(logits[None], self.top_k)[0]
+            lens_ids = None
+            if lens_count:
+                if lens_count <= len(dist.top_ids):
+                    lens_ids = dist.top_ids[:lens_count]
+                else:
+                    count = min(lens_count, logits.shape[-1])
+                    lens_ids = tuple(torch.topk(logits, count).indices.tolist())
+            result = self._analysis(out, influence, lens_ids)
+        return NodeOutput(prob, rank, dist), result
 
     def analyze(
         self, tokens: Sequence[int], *, influence: bool = False, lens_ids: Sequence[int] | None = None
@@ -155,34 +185,45 @@ class Engine:
         lens_ids = tuple(lens_ids) if lens_ids else None
         if not tokens or not (influence or lens_ids):
             return Analysis()
-        model = self.model
         with torch.inference_mode():
             line, start = self._checkout(tokens, feed_at_least=1)
-            default_attn = model.config._attn_implementation
-            if influence and default_attn != "eager":
-                model.set_attn_implementation("eager")  # sdpa returns no attention weights
-            try:
+            with self._attention(influence):
                 out = self._run(
                     line, tokens, start, keep=1,
                     output_attentions=influence, output_hidden_states=lens_ids is not None,
                 )
-            finally:
-                if model.config._attn_implementation != default_attn:
-                    model.set_attn_implementation(default_attn)
-            line.logits = _own(out.logits[0, -1])
-            result = Analysis()
-            if influence:
-                # Every (layer, head) row of the last position over the whole prefix.
-                rows = torch.cat([a[0, :, -1, :] for a in out.attentions if a is not None])
-                result = Analysis(influence=tuple(analysis.influence(rows).tolist()))
-            if lens_ids is not None:
-                hidden = [h[0, -1] for h in out.hidden_states[1:]]  # one per layer, the last normed
-                probs = analysis.logit_lens(hidden, final_norm(model), model.get_output_embeddings(), lens_ids)
-                result = Analysis(
-                    influence=result.influence,
-                    lens_ids=lens_ids,
-                    lens_probs=tuple(tuple(row) for row in probs.tolist()),
-                )
+            self._keep_logits(tokens, out.logits[0, -1])
+            return self._analysis(out, influence, lens_ids)
+
+    @contextmanager
+    def _attention(self, eager: bool):
+        """Eager attention for the duration (sdpa returns no attention weights), then back."""
+        model = self.model
+        default_attn = model.config._attn_implementation
+        if eager and default_attn != "eager":
+            model.set_attn_implementation("eager")
+        try:
+            yield
+        finally:
+            if model.config._attn_implementation != default_attn:
+                model.set_attn_implementation(default_attn)
+
+    def _analysis(self, out, influence: bool, lens_ids: tuple[int, ...] | None) -> Analysis:
+        """Influence and/or the logit lens at the last position of a forward call's output."""
+        model = self.model
+        result = Analysis()
+        if influence:
+            # Every (layer, head) row of the last position over the whole prefix.
+            rows = torch.cat([a[0, :, -1, :] for a in out.attentions if a is not None])
+            result = Analysis(influence=tuple(analysis.influence(rows).tolist()))
+        if lens_ids is not None:
+            hidden = [h[0, -1] for h in out.hidden_states[1:]]  # one per layer, the last normed
+            probs = analysis.logit_lens(hidden, final_norm(model), model.get_output_embeddings(), lens_ids)
+            result = Analysis(
+                influence=result.influence,
+                lens_ids=lens_ids,
+                lens_probs=tuple(tuple(row) for row in probs.tolist()),
+            )
         return result
 
     # ------------------------------------------------------------------ cache lines
@@ -191,12 +232,19 @@ class Engine:
 
         return DynamicCache(config=self.model.config)
 
-    def _held(self, tokens: tuple[int, ...]) -> _Line | None:
-        """The line holding exactly `tokens` with their next-token logits, if any."""
-        for line in reversed(self._lines):
-            if line.tokens == tokens and line.logits is not None and tokens:
-                return line
-        return None
+    def _keep_logits(self, tokens: tuple[int, ...], row: torch.Tensor) -> torch.Tensor:
+        """Remember the next-token logits after `tokens` (a float32 copy) as the most recent."""
+        kept = self._logits[tokens] = _own(row)
+        self._logits.move_to_end(tokens)
+        while len(self._logits) > self.cache_size:
+            self._logits.popitem(last=False)
+        return kept
+
+    def _kept_logits(self, tokens: tuple[int, ...]) -> torch.Tensor | None:
+        kept = self._logits.get(tokens)
+        if kept is not None:
+            self._logits.move_to_end(tokens)
+        return kept
 
     def _checkout(self, target: tuple[int, ...], feed_at_least: int) -> tuple[_Line, int]:
         """A line whose cache holds target[:start], with start <= len(target) - feed_at_least,
@@ -210,14 +258,14 @@ class Engine:
                 best, best_key = line, key
         start = best_key[0]
         if best is None or start <= 0:
-            return _Line((), self._new_cache(), None), 0
+            return _Line((), self._new_cache()), 0
         if start == len(best.tokens):
             return best, start  # extend in place
         line = best
         if len(self._lines) < self.cache_size:
-            line = _Line(best.tokens, _fork(best.cache), best.logits)
+            line = _Line(best.tokens, _fork(best.cache))
         line.cache.crop(start - len(line.tokens))
-        line.tokens, line.logits = target[:start], None
+        line.tokens = target[:start]
         return line, start
 
     def _run(self, line: _Line, target: tuple[int, ...], start: int, keep: int = 0, **kwargs):
@@ -233,7 +281,7 @@ class Engine:
         except BaseException:
             self._forget(line)  # its cache may be half-updated
             raise
-        line.tokens, line.logits = target, None
+        line.tokens = target
         self._remember(line)
         return out
 
