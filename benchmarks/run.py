@@ -310,7 +310,7 @@ def bench_model(res: Results, plan: Plan, work: Path, log) -> None:
         sib_engine = probe.samples["step"][n_step:]
         res.add("append (uncached)", f"Engine.step after a pop (sibling) @ {L}", median(sib_engine) * 1000, "ms",
                 n=len(sib_engine), low=min(sib_engine) * 1000, baseline="bare HF step", ratio=median(sib_engine) * 1000 / bare_ms,
-                passes=sib_passes, note="re-feeds the parent's token: 2 tokens in the one call")
+                passes=sib_passes, note="pop, pick another candidate, append: the parent's kept logits let it feed one token")
 
         # --- recompute: Token Explorer's full pass over the whole prefix per key press
         log(f"prefix {L}: recompute x{rec_reps}")
