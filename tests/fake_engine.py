@@ -37,6 +37,7 @@ class FakeEngine:
         self.top_k = top_k
         self.forward_passes = 0
         self.analyze_calls = 0
+        self.step_analysis_calls = 0  # step_with_analysis: a step and its analysis in one pass
         self.special_ids = frozenset(SPECIAL)
         self.gate = gate
 
@@ -89,10 +90,27 @@ class FakeEngine:
         self.forward_passes += 1
         return self._output(list(prefix) + [token])
 
+    def step_with_analysis(self, prefix, token, *, influence: bool, lens_count: int):
+        """`step` plus the analysis of prefix + [token] in the same (one) forward pass: the
+        logit lens over the top `lens_count` ids of the new distribution."""
+        self._wait()
+        self.forward_passes += 1
+        self.step_analysis_calls += 1
+        tokens = list(prefix) + [token]
+        out = self._output(tokens)
+        lens_ids = None
+        if lens_count > 0:
+            probs = self._probs(tokens)
+            lens_ids = sorted(range(len(probs)), key=lambda i: -probs[i])[:lens_count]
+        return out, self._analysis(tokens, influence, lens_ids)
+
     def analyze(self, tokens, *, influence=False, lens_ids=None) -> Analysis:
         self._wait()
         self.analyze_calls += 1
         self.forward_passes += 1
+        return self._analysis(tokens, influence, lens_ids)
+
+    def _analysis(self, tokens, influence, lens_ids) -> Analysis:
         infl = tuple((i + 1) / len(tokens) for i in range(len(tokens))) if influence else None
         lens = None
         if lens_ids:

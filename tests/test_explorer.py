@@ -102,6 +102,26 @@ def test_resume_reads_everything_from_the_cache(store, engine):
     assert fresh.forward_passes == 0
 
 
+def test_resume_with_another_model_never_passes_off_old_numbers(store, engine):
+    ex = explorer_for(store, engine, {"cat": " the cat sat"})
+    ex.append()
+    ex.run_jobs_inline()
+    old = ex.snapshot()
+    again = Explorer(store, ex.session_id, config=CONFIG, model_name="other-model")
+    job = again.loading_job(lambda: FakeEngine(FakeLoaded(name="other-model", fingerprint="other-model|float32")))
+    snap = again.snapshot()
+    # While the new model loads, the screen shows the session model's cache and says so.
+    assert snap.status.model == "fake-model (cached)" and "other-model" in snap.status.busy
+    assert snap.candidates == old.candidates
+    other = job.run()
+    job.finish(other)
+    waiting = again.snapshot()
+    assert waiting.status.model == "other-model"
+    assert waiting.waiting and waiting.status.origin == "waiting"  # nothing of fake-model's shown as its own
+    again.run_jobs_inline()
+    assert other.forward_passes >= 1 and again.snapshot().status.origin == "forward"
+
+
 def test_attach_refuses_another_tokenizer(store, engine):
     ex = explorer_for(store, engine)
     with pytest.raises(ModelLoadError, match="different tokenizer"):
@@ -287,3 +307,111 @@ def test_real_engine_revisiting_a_cached_node_runs_no_forward_pass(store, tiny_m
     again.attach_engine(engine)
     assert again.run_jobs_inline() == 0 and engine.forward_passes == 2
     assert again.snapshot().candidates == ex.snapshot().candidates
+
+
+class _SqlCounter:
+    """Statements (BEGIN included) and read transactions on the store's engine."""
+
+    def __init__(self, store):
+        from sqlalchemy import event
+
+        from tokentree.store.engine import BEGIN_OPTION
+
+        self.statements = self.reads = 0
+
+        def on_exec(*args, **kwargs):
+            self.statements += 1
+
+        def on_begin(conn):
+            if conn.get_execution_options().get(BEGIN_OPTION) != "IMMEDIATE":
+                self.reads += 1
+
+        event.listen(store._engine, "before_cursor_execute", on_exec)
+        event.listen(store._engine, "begin", on_begin)
+
+    def take(self):
+        out = (self.statements, self.reads)
+        self.statements = self.reads = 0
+        return out
+
+
+def test_cached_key_press_reads_the_store_a_bounded_number_of_times(store, engine):
+    """A key press over cached nodes (command + its event + jobs + next snapshot) costs a
+    few read transactions and a bounded number of SQL statements, however many branches the
+    session has and however long the path is: no per-branch or per-token queries."""
+    ex = explorer_for(store, engine, {"cat": " the cat sat on the mat"})
+    for _ in range(12):
+        ex.duplicate_branch()
+        ex.append()
+        ex.run_jobs_inline()
+    ex.snapshot()
+    passes = engine.forward_passes
+    counter = _SqlCounter(store)
+    for action in [ex.pop, ex.append] * 4 + [ex.pop, ex.pop, ex.append, ex.append]:
+        action()
+        assert ex.run_jobs_inline() == 0
+        snap = ex.snapshot()
+        assert not snap.waiting and len(snap.branches) == 13
+        statements, reads = counter.take()
+        assert reads <= 3, f"{action.__name__}: {reads} read transactions"
+        # ~20 of them are the command's own write transaction (event + projection).
+        assert statements <= 35, f"{action.__name__}: {statements} SQL statements"
+    assert engine.forward_passes == passes  # cached nodes: no model work
+
+
+def test_new_node_in_an_analysis_view_is_one_forward_pass(store, engine):
+    """Influence and layer views on: a new node's step also gives its analysis (one pass,
+    `step_with_analysis`), not a step and then an analysis."""
+    ex = explorer_for(store, engine, {"cat": " the cat sat"}, layer_prob=True)
+    while ex.prompt_view != "influence":
+        ex.cycle_prompt_view()
+    ex.cycle_layer_view()
+    ex.run_jobs_inline()  # the prompt's own analysis
+    passes, analyses = engine.forward_passes, engine.analyze_calls
+    for k in range(3):
+        ex.append()
+        assert ex.run_jobs_inline() == 1
+        snap = ex.snapshot()
+        assert not snap.view_pending and snap.num_layers == 4
+        assert all(r.layers is not None for r in snap.candidates)
+        assert snap.prompt[-1].value == 1.0  # influence of the new node
+        assert engine.forward_passes == passes + k + 1 and engine.analyze_calls == analyses
+    assert engine.step_analysis_calls == 3
+    # The same numbers a separate analysis would give, and they were stored.
+    again = Explorer(store, ex.session_id, config=CONFIG, layer_prob=True)
+    again.attach_engine(engine)
+    while again.prompt_view != "influence":
+        again.cycle_prompt_view()
+    again.cycle_layer_view()
+    assert again.run_jobs_inline() == 0
+    a, b = again.snapshot(), ex.snapshot()
+    assert (a.prompt, a.candidates, a.num_layers) == (b.prompt, b.candidates, b.num_layers)
+
+
+def test_changes_by_another_explorer_show_in_the_cached_tree(store, engine):
+    """Children, subtree sizes and the tree pane are kept in memory; nodes that another
+    process adds (here an Explorer of another session, on its own connection to the file,
+    growing the same prefix) still show on the next screen."""
+    ex = explorer_for(store, engine, {"cat": " the cat"})
+    ex.append()
+    ex.run_jobs_inline()
+    ex.pop()
+    before = ex.snapshot(with_tree=True)
+    assert [r.subtree for r in before.candidates if r.explored] == [1]
+    with Store.open(store.path) as other_store:
+        sid = new_session(other_store, engine, {"cat": " the cat"})  # the same nodes
+        other = Explorer(other_store, sid, config=CONFIG)
+        other.attach_engine(engine)
+        other.run_jobs_inline()
+        for _ in range(2):
+            other.append()  # follows the explored child, then grows it
+            other.run_jobs_inline()
+        other.pop()
+        other.pop()
+        other.cursor(1)
+        other.append()  # and a sibling of it
+        other.run_jobs_inline()
+    snap = ex.snapshot(with_tree=True)
+    fresh = Explorer(store, ex.session_id, config=CONFIG).snapshot(with_tree=True)
+    assert snap.candidates == fresh.candidates and snap.tree == fresh.tree
+    assert sorted(r.subtree for r in snap.candidates if r.explored) == [1, 2]

@@ -196,14 +196,14 @@ def test_log_file_and_data_dir_are_user_only(tokentree_home):
     assert mode(path) == 0o600 and mode(path.parent) == 0o700
 
 
-def test_saved_prompts_folder_is_user_only(tokentree_home):
+def test_saved_prompts_are_user_only(tokentree_home):
     with umask(0):
         store = Store.open(default_db_path())
         try:
             path = _explorer_with_text(store, {}).save_branch()
         finally:
             store.close()
-    assert mode(path.parent) == 0o700
+    assert mode(path.parent) == 0o700 and mode(path) == 0o600
 
 
 def test_backup_is_user_only(tmp_path, tokentree_home, capsys):

@@ -545,3 +545,55 @@ def test_full_disk_is_one_clear_error_and_loses_nothing(store):
     assert "\n" not in str(info.value)
     assert store.get_outputs(keys, "fp") == {}  # the transaction rolled back as a whole
     assert [b.node_id for b in store.branches(sid)] == [2]
+
+
+def test_reader_batches_reads_in_one_transaction(store):
+    """Store.reading(): the batched reads agree with the one-at-a-time Store reads, and they
+    all run in ONE read transaction."""
+    sid = new_session(store)
+    b1 = store.create_branch(sid, [1, 2, 3])
+    x = store.append_token(sid, b1, 9)
+    store.create_branch(sid, [1, 2, 4, 5])
+    s2 = new_session(store)
+    store.create_branch(s2, [1, 2, 3, 7])  # another session grows the same tree
+    path = store.path_nodes(x)
+    keys = [n.prefix_key for n in path]
+    store.put_outputs([(keys[1], _output(8, 1)), (keys[2], _output(8, 2, token_prob=None, token_rank=None))], "fp")
+    store.put_token_bytes("vocab-a", {1: b"a"})
+    other = store.branches(sid)[1].node_id
+    begins = []
+    sa_event.listen(store._engine, "begin", lambda conn: begins.append(1))
+    with store.reading() as r:
+        got = dict(
+            branches=r.branches(sid), seq=r.session_seq(sid), top=r.max_node_id(),
+            after=r.nodes_after(x, 10), after_few=r.nodes_after(x, 1),
+            nodes=r.nodes([x, path[0].id, 10**9]), union=r.paths([x, other, 10**9]),
+            kids=r.children([path[1].id, x, 10**9]), links=dict(r.subtree_links([path[1].id])),
+            count=r.session_node_count(sid), tree=r.session_tree(sid),
+            probs=r.output_probs(keys, "fp"), no_probs=r.output_probs(keys, "no-such-model"),
+            outputs=r.get_outputs(keys, "fp"), analysis=r.get_analysis(keys[1], "fp"),
+            pieces=r.token_bytes("vocab-a", [1, 2]),
+        )
+        with pytest.raises(SessionNotFound):
+            r.session_seq(10**6)
+    assert len(begins) == 1  # all of it in ONE read transaction
+    assert got["branches"] == store.branches(sid)
+    assert got["seq"] == store.events(sid)[-1].seq
+    top = got["top"]
+    assert top == max(n.id for n in store.session_nodes(s2) + store.session_nodes(sid))
+    assert [n.id for n in got["after"]] == list(range(x + 1, top + 1)) and got["after_few"] is None
+    with store.reading() as r:
+        assert r.nodes_after(top, 5) == []
+    assert got["nodes"] == {x: store.node(x), path[0].id: store.node(path[0].id)}
+    assert set(got["union"].values()) == set(store.path_nodes(x)) | set(store.path_nodes(other))
+    assert got["kids"] == {path[1].id: store.children(path[1].id), x: [], 10**9: []}
+    links = got["links"]
+    below = {n.id for s in (sid, s2) for n in store.session_nodes(s) if n.depth > 2}
+    assert set(links) == {path[1].id} | below
+    assert all(links[i] == store.node(i).parent_id for i in links)
+    assert len(links) - 1 == store.subtree_sizes([path[1].id])[path[1].id]
+    assert got["count"] == len(store.session_nodes(sid))
+    assert got["tree"] == [(n.id, n.parent_id, n.token_id) for n in store.session_nodes(sid)]
+    assert got["probs"] == {keys[1]: _output(8, 1).token_prob, keys[2]: None} and got["no_probs"] == {}
+    assert got["outputs"] == store.get_outputs(keys, "fp")
+    assert got["analysis"] is None and got["pieces"] == {1: b"a"}

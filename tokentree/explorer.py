@@ -8,16 +8,19 @@ The engine is asked only for nodes whose output is not cached under the model fi
 
 from __future__ import annotations
 
+import codecs
 import itertools
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from tokentree.errors import ModelLoadError, TokentreeError
+from tokentree.errors import ModelLoadError, StoreError, TokentreeError
 from tokentree.jobs import Job
 from tokentree.outputs import Analysis, NodeOutput
 from tokentree.paths import saved_prompts_dir
@@ -30,10 +33,13 @@ from tokentree.snapshot import (
     Snapshot,
     Status,
 )
-from tokentree.text import prompt_pieces, visible
+from tokentree.text import show_controls, visible
 from tokentree.tree_outline import outline
 
 log = logging.getLogger(__name__)
+
+# New nodes (by anyone) folded into the tree caches one by one; more at once: drop the caches.
+_NEW_NODES_INCREMENTAL = 256
 
 
 def _placeholder(token_id: int) -> str:
@@ -44,6 +50,12 @@ def safe_stem(text: str, limit: int = 40) -> str:
     """A file name stem from text: ASCII letters, digits and '-', never empty, never a path."""
     stem = re.sub(r"[^a-z0-9]+", "-", text[: limit * 3].lower()).strip("-")[:limit].strip("-")
     return stem or "branch"
+
+
+class _TreeNode(NamedTuple):
+    id: int
+    parent_id: int | None
+    token_id: int
 
 
 class Explorer:
@@ -75,6 +87,27 @@ class Explorer:
         self._trail: dict[int, int] = {}  # branch id -> deepest node popped from (for walk forward)
         self._in_flight: Job | None = None
         self._failed: set[tuple] = set()
+        # In-memory views of the store. Nodes are immutable and ids never reused, so a Node
+        # read once stays true. What can grow is "which nodes exist": children lists and
+        # subtree sizes are valid for the node table up to `_mark` (its max id), and new nodes
+        # are folded in (only their ancestors' sizes change) when a read sees the mark move.
+        self._nodes: dict[int, Any] = {}  # id -> Node
+        self._links: dict[int, int | None] = {}  # id -> parent id, for every node met
+        self._children: dict[int, tuple] = {}  # id -> its children (Nodes, oldest first)
+        self._sizes: dict[int, int] = {}  # id -> descendants in the whole node table
+        self._mark: int | None = None
+        self._path: list = []  # the focused path last built (pop/append splice onto it)
+        self._probs: dict[bytes, float | None] = {}  # key -> token_prob, for keys with output
+        self._complete: set[int] = set()  # node ids whose whole path has cached outputs
+        self._rows: dict[tuple[int, int], tuple] = {}  # (node id, root depth) -> branch row numbers
+        self._tree: tuple | None = None  # (session node count, session nodes)
+        self._prompt: dict[str, Any] = {"ids": [], "raw": [], "states": [], "known": [], "stable": 0,
+                                         "tokens": [], "key": None, "values_stable": 0}
+        # One read transaction per entry point: the reader, and what it has read so far.
+        self._reader = None
+        self._scope: dict[str, Any] | None = None
+        self._seen_branches: tuple | None = None  # (session's last event seq, its branches)
+        self._visible: dict[int, str] = {}  # token id -> its table text
         if engine is not None:
             self.attach_engine(engine)
 
@@ -101,6 +134,9 @@ class Explorer:
             self._outputs.clear()
             self._absent.clear()
             self._analysis.clear()
+            self._probs.clear()
+            self._complete.clear()
+            self._rows.clear()
         self.engine = engine
         self.error = None
 
@@ -133,16 +169,18 @@ class Explorer:
 
     # ------------------------------------------------------------------ commands
     def cursor(self, step: int) -> None:
-        rows = self._candidate_rows(self._focused_node())
+        with self._reading():
+            rows = self._candidate_rows(self._focused_node())
         if not rows:
             return
         i = max(0, min(len(rows) - 1, self._selected_index(rows) + step))
         self._selected_token = rows[i].token_id
 
     def append(self) -> None:
-        branch = self._focused_branch()
-        node = self.store.node(branch.node_id)
-        rows = self._candidate_rows(node)
+        with self._reading():
+            branch = self._focused_branch()
+            node = self._node(branch.node_id)
+            rows = self._candidate_rows(node)
         if not rows:
             if self.engine is None and self._in_flight is None:
                 self.message = "no candidates: the model is not loaded"
@@ -158,53 +196,55 @@ class Explorer:
         token = rows[self._selected_index(rows)].token_id
         new_id = self.store.append_token(self.session_id, branch.id, token)
         trail = self._trail.get(branch.id)
-        if trail is not None and new_id not in {n.id for n in self.store.path_nodes(trail)}:
+        if trail is not None and not self._on_path(new_id, node.depth + 1, trail):
             del self._trail[branch.id]  # left the remembered path
         queued = self._queued_appends
         self._moved()
         self._queued_appends = queued
 
     def pop(self) -> None:
-        branch = self._focused_branch()
-        node = self.store.node(branch.node_id)
-        if node.depth <= 1:
-            self.message = "nothing to pop: the branch is one token long"
-            return
-        trail = self._trail.get(branch.id)
-        if trail is None or node.id not in {n.id for n in self.store.path_nodes(trail)}:
-            self._trail[branch.id] = node.id
+        with self._reading():
+            branch = self._focused_branch()
+            node = self._node(branch.node_id)
+            if node.depth <= 1:
+                self.message = "nothing to pop: the branch is one token long"
+                return
+            trail = self._trail.get(branch.id)
+            if trail is None or not self._on_path(node.id, node.depth, trail):
+                self._trail[branch.id] = node.id
         self.store.pop_token(self.session_id, branch.id)
         self._moved()
         self._selected_token = node.token_id  # so `append` puts it right back
 
     def walk_forward(self) -> None:
         """Go down the explored tree to a leaf: back along the popped path if there is one."""
-        branch = self._focused_branch()
-        node = self.store.node(branch.node_id)
-        target = None
-        trail = self._trail.get(branch.id)
-        if trail is not None and trail != node.id:
-            if node.id in {n.id for n in self.store.path_nodes(trail)}:
-                target = trail
-        if target is None:
-            children = self.store.children(node.id)
-            if not children:
-                self.message = "no explored path ahead"
-                return
-            rows = self._candidate_rows(node)
-            chosen = rows[self._selected_index(rows)].token_id if rows else None
-            by_token = {c.token_id: c for c in children}
-            target = by_token[chosen].id if chosen in by_token else self._largest_child(children).id
-        leaf = target
-        while children := self.store.children(leaf):
-            leaf = self._largest_child(children).id
-        moved = self.store.node(leaf).depth - node.depth
+        with self._reading():
+            branch = self._focused_branch()
+            node = self._node(branch.node_id)
+            target = None
+            trail = self._trail.get(branch.id)
+            if trail is not None and trail != node.id:
+                if self._on_path(node.id, node.depth, trail):
+                    target = trail
+            if target is None:
+                children = self._children_of(node.id)
+                if not children:
+                    self.message = "no explored path ahead"
+                    return
+                rows = self._candidate_rows(node)
+                chosen = rows[self._selected_index(rows)].token_id if rows else None
+                by_token = {c.token_id: c for c in children}
+                target = by_token[chosen].id if chosen in by_token else self._largest_child(children).id
+            leaf = target
+            while children := self._children_of(leaf):
+                leaf = self._largest_child(children).id
+            moved = self._node(leaf).depth - node.depth
         self.store.move_branch(self.session_id, branch.id, leaf)
         self._moved()
         self.message = f"walked forward {moved} token{'s' if moved != 1 else ''}"
 
     def switch_branch(self, step: int) -> None:
-        branches = self.store.branches(self.session_id)
+        branches = self._branches()
         i = next((k for k, b in enumerate(branches) if b.focused), 0)
         j = (i + step) % len(branches)
         if j != i:
@@ -214,15 +254,16 @@ class Explorer:
     def duplicate_branch(self) -> None:
         new_id = self.store.duplicate_branch(self.session_id, self._focused_branch().id)
         self._queued_appends = 0
-        name = next((b.name for b in self.store.branches(self.session_id) if b.id == new_id), "")
+        name = next((b.name for b in self._branches() if b.id == new_id), "")
         self.message = f"duplicated the branch as {name}" if name else "duplicated the branch"
 
     def remove_branch(self) -> None:
-        branches = self.store.branches(self.session_id)
-        if len(branches) <= 1:
-            self.message = "cannot remove the last branch"
-            return
-        branch = self._focused_branch()
+        with self._reading():
+            branches = self._branches()
+            if len(branches) <= 1:
+                self.message = "cannot remove the last branch"
+                return
+            branch = self._focused_branch()
         self.store.remove_branch(self.session_id, branch.id)
         self._moved()
         self.message = f"removed {branch.name} from the list (its nodes stay in the tree; u undoes)"
@@ -252,24 +293,31 @@ class Explorer:
 
     def save_branch(self) -> Path | None:
         """Write the branch text to a new file in the saved-prompts dir; never overwrites."""
-        branch = self._focused_branch()
-        ids = [n.token_id for n in self.store.path_nodes(branch.node_id)]
-        pieces = self._pieces(ids)
+        with self._reading():
+            branch = self._focused_branch()
+            ids = [n.token_id for n in self._path_of(branch.node_id)]
+            pieces = self._pieces(ids)
         if len(pieces) < len(set(ids)):
             self.message = "cannot save yet: token text is still loading"
             return None
         text = b"".join(pieces[i] for i in ids).decode("utf-8", errors="replace")
         directory = saved_prompts_dir()
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         stem = safe_stem(text)
-        for n in itertools.count(1):
-            path = directory / (f"{stem}.txt" if n == 1 else f"{stem}-{n}.txt")
-            try:
-                with open(path, "x", encoding="utf-8") as f:  # "x": fails instead of overwriting
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            for n in itertools.count(1):
+                path = directory / (f"{stem}.txt" if n == 1 else f"{stem}-{n}.txt")
+                try:
+                    # O_EXCL: never overwrite (nor follow a planted link); 0600: prompts are private.
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                except FileExistsError:
+                    continue
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
                     f.write(text)
                 break
-            except FileExistsError:
-                continue
+        except OSError as exc:
+            self.message = f"cannot save the prompt: {exc.strerror or exc}"
+            return None
         self.store.record_prompt_saved(self.session_id, branch.id, str(path))
         self.message = f"saved to {path}"
         return path
@@ -283,7 +331,8 @@ class Explorer:
 
     def _drain_queued_appends(self) -> None:
         while self._queued_appends > 0:
-            rows = self._candidate_rows(self._focused_node())
+            with self._reading():
+                rows = self._candidate_rows(self._focused_node())
             if not rows:
                 return
             self._queued_appends -= 1
@@ -291,25 +340,29 @@ class Explorer:
 
     # ------------------------------------------------------------------ reads
     def snapshot(self, *, with_tree: bool = False) -> Snapshot:
-        branches = self.store.branches(self.session_id)
+        with self._reading():
+            return self._snapshot(with_tree)
+
+    def _snapshot(self, with_tree: bool) -> Snapshot:
+        branches = self._branches()
         focused = next((b for b in branches if b.focused), branches[0])
-        path = self.store.path_nodes(focused.node_id)
-        root_depth = self.store.node(focused.root_node_id).depth
-        outs = self._outputs_for([n.prefix_key for n in path])
+        path = self._path_of(focused.node_id, keep=True)
+        root_depth = self._node(focused.root_node_id).depth
+        self._prefetch_rows(branches)
         current = path[-1]
-        out = outs.get(current.prefix_key)
+        out = self._outputs_for([current.prefix_key]).get(current.prefix_key)
         analysis = self._analysis_for(current.prefix_key) if self._needs_analysis() else None
 
         rows = self._candidate_rows(current, out, analysis)
         num_layers = len(analysis.lens_probs) if analysis and analysis.lens_probs else 0
         return Snapshot(
-            prompt=self._prompt_tokens(path, root_depth, outs, analysis),
+            prompt=self._prompt_tokens(path, root_depth, analysis),
             prompt_view=self.prompt_view,
             layer_view=self.layer_view,
             candidates=tuple(rows),
             selected=self._selected_index(rows),
             waiting=out is None,
-            branches=tuple(self._branch_row(b) for b in branches),
+            branches=tuple(self._branch_row(b, path if b is focused else None) for b in branches),
             status=self._status(current, out),
             message=self.message,
             last_prob=out.token_prob if out else None,
@@ -322,41 +375,225 @@ class Explorer:
         )
 
     def tree_lines(self, focused=None, branches=None):
-        branches = branches or self.store.branches(self.session_id)
-        focused = focused or next((b for b in branches if b.focused), branches[0])
-        nodes = self.store.session_nodes(self.session_id)
-        at: dict[int, list[str]] = {}
-        for b in branches:
-            at.setdefault(b.node_id, []).append(b.name + ("*" if b.focused else ""))
-        self._pieces(n.token_id for n in nodes)
-        return outline(nodes, at, focused.node_id, self._join_text)
+        with self._reading():
+            branches = branches or self._branches()
+            focused = focused or next((b for b in branches if b.focused), branches[0])
+            nodes = self._session_tree()
+            at: dict[int, list[str]] = {}
+            for b in branches:
+                at.setdefault(b.node_id, []).append(b.name + ("*" if b.focused else ""))
+            self._pieces(n.token_id for n in nodes)
+            return outline(nodes, at, focused.node_id, self._join_text)
 
     # ------------------------------------------------------------------ internals: data
+    @contextmanager
+    def _reading(self):
+        """Every store read inside runs in ONE read transaction (nested uses join it). Never
+        hold it across a store write: it would keep reading the state from before."""
+        if self._reader is not None:
+            yield self._reader
+            return
+        with self.store.reading() as reader:
+            self._reader, self._scope = reader, {}
+            try:
+                yield reader
+            finally:
+                self._reader = self._scope = None
+
+    def _branches(self):
+        """The live branches, read once per read transaction; the first read also checks
+        whether nodes were added since the tree caches were filled."""
+        with self._reading() as r:
+            branches = self._scope.get("branches")
+            if branches is None:
+                seq = r.session_seq(self.session_id)
+                if self._seen_branches is not None and self._seen_branches[0] == seq:
+                    branches = self._seen_branches[1]
+                else:
+                    branches = r.branches(self.session_id)
+                    self._seen_branches = (seq, branches)
+                self._scope["branches"] = branches
+                self._check_mark()
+            return branches
+
+    def _check_mark(self) -> None:
+        with self._reading() as r:
+            if self._scope.get("marked"):
+                return
+            self._scope["marked"] = True
+            mark = r.max_node_id()
+            if self._mark is None or mark == self._mark:
+                self._mark = mark
+                return
+            new = r.nodes_after(self._mark, _NEW_NODES_INCREMENTAL) if mark > self._mark else None
+            self._mark = mark
+            if new is None:
+                self._children.clear()
+                self._sizes.clear()
+                return
+            for node in new:
+                self._add_node(node)
+
+    def _add_node(self, node) -> None:
+        """Fold one new node (ids ascending) into the children lists and subtree sizes."""
+        self._remember_nodes((node,))
+        parent = node.parent_id
+        self._children[node.id] = ()  # a node has no children when it is created
+        if parent is None:
+            return
+        if parent in self._children:
+            self._children[parent] += (node,)
+        if parent in self._sizes:
+            self._sizes[node.id] = 0
+        # Every node whose size is known had its whole subtree's links read, so the walk up
+        # meets every ancestor with a known size before it meets a missing link.
+        links, sizes, up = self._links, self._sizes, parent
+        while up is not None:
+            if up in sizes:
+                sizes[up] += 1
+            up = links.get(up)
+
+    def _remember_nodes(self, nodes) -> None:
+        for n in nodes:
+            self._nodes[n.id] = n
+            self._links[n.id] = n.parent_id
+
+    def _node(self, node_id: int):
+        node = self._nodes.get(node_id)
+        if node is None:
+            with self._reading() as r:
+                self._remember_nodes(r.nodes([node_id]).values())
+            node = self._nodes.get(node_id)
+            if node is None:
+                raise StoreError(f"no node {node_id}")
+        return node
+
+    def _path_of(self, node_id: int, *, keep: bool = False) -> list:
+        """The nodes from the root to `node_id` (as Store.path_nodes), from memory where it
+        can: a walk up to the last focused path, spliced onto it."""
+        base, nodes, chain = self._path, self._nodes, []
+        nid = node_id
+        while True:
+            n = nodes.get(nid)
+            if n is None:
+                with self._reading() as r:
+                    self._remember_nodes(r.paths([nid]).values())
+                n = nodes.get(nid)
+                if n is None:
+                    raise StoreError(f"no node {nid}")
+            if n.depth <= len(base) and base[n.depth - 1].id == n.id:
+                path = base[: n.depth]
+                break
+            chain.append(n)
+            if n.parent_id is None:
+                path = []
+                break
+            nid = n.parent_id
+        if chain:
+            chain.reverse()
+            path += chain
+        if keep:
+            self._path = path
+        return path
+
+    def _on_path(self, node_id: int, depth: int, end_id: int) -> bool:
+        """Whether the node (at `depth`) is on the path from the root to `end_id`."""
+        path = self._path_of(end_id)
+        return len(path) >= depth and path[depth - 1].id == node_id
+
+    def _children_of(self, node_id: int) -> tuple:
+        self._check_mark()
+        kids = self._children.get(node_id)
+        if kids is None:
+            with self._reading() as r:
+                got = r.children([node_id])[node_id]
+            self._remember_nodes(got)
+            kids = self._children[node_id] = tuple(got)
+        return kids
+
+    def _subtree_sizes(self, ids: Sequence[int]) -> dict[int, int]:
+        """id -> descendants in the whole node table (Store.subtree_sizes), from memory:
+        a missing subtree is read once, with every size inside it."""
+        self._check_mark()
+        sizes = self._sizes
+        want = [i for i in ids if i not in sizes and not self._derive_size(i)]
+        if want:
+            with self._reading() as r:
+                links = r.subtree_links(want)
+            kids: dict[int | None, list[int]] = {}
+            for i, parent in links:
+                self._links[i] = parent
+                kids.setdefault(parent, []).append(i)
+            order, k = [i for i in want if i in self._links], 0
+            while k < len(order):  # breadth first: parents before their children
+                order.extend(kids.get(order[k], ()))
+                k += 1
+            for i in reversed(order):
+                sizes[i] = sum(sizes[c] + 1 for c in kids.get(i, ()))
+        return {i: sizes[i] for i in ids if i in sizes}
+
+    def _derive_size(self, node_id: int) -> bool:
+        kids = self._children.get(node_id)
+        if kids is None or any(c.id not in self._sizes for c in kids):
+            return False
+        self._sizes[node_id] = sum(self._sizes[c.id] + 1 for c in kids)
+        return True
+
+    def _session_tree(self):
+        """The session's nodes as (id, parent_id, token_id) records, read again only when the
+        session has explored a node since (its node set only grows)."""
+        with self._reading() as r:
+            count = r.session_node_count(self.session_id)
+            if self._tree is None or self._tree[0] != count:
+                self._tree = (count, [_TreeNode(*row) for row in r.session_tree(self.session_id)])
+            return self._tree[1]
+
     def _focused_branch(self):
-        branches = self.store.branches(self.session_id)
+        branches = self._branches()
         return next((b for b in branches if b.focused), branches[0])
 
     def _focused_node(self):
-        return self.store.node(self._focused_branch().node_id)
+        return self._node(self._focused_branch().node_id)
+
+    def _probs_for(self, keys: Sequence[bytes]) -> dict[bytes, float | None]:
+        """key -> token probability for the keys with a cached output (light: no top-K)."""
+        outputs, probs, absent = self._outputs, self._probs, self._absent
+        want = [k for k in keys if k not in outputs and k not in probs and k not in absent]
+        if want:
+            with self._reading() as r:
+                got = r.output_probs(want, self._fingerprint)
+            probs.update(got)
+            absent.update(k for k in want if k not in got)
+        out = {}
+        for k in keys:
+            o = outputs.get(k)
+            if o is not None:
+                out[k] = o.token_prob
+            elif k in probs:
+                out[k] = probs[k]
+        return out
 
     def _outputs_for(self, keys: Sequence[bytes]) -> dict[bytes, NodeOutput]:
         want = [k for k in dict.fromkeys(keys) if k not in self._outputs and k not in self._absent]
         if want:
-            got = self.store.get_outputs(want, self._fingerprint)
+            with self._reading() as r:
+                got = r.get_outputs(want, self._fingerprint)
             self._outputs.update(got)
             self._absent.update(k for k in want if k not in got)
         return {k: self._outputs[k] for k in keys if k in self._outputs}
 
     def _analysis_for(self, key: bytes) -> Analysis | None:
         if key not in self._analysis:
-            self._analysis[key] = self.store.get_analysis(key, self._fingerprint)
+            with self._reading() as r:
+                self._analysis[key] = r.get_analysis(key, self._fingerprint)
         return self._analysis[key]
 
     def _pieces(self, ids: Iterable[int]) -> dict[int, bytes]:
         ids = set(ids)
         want = [i for i in ids if i not in self._bytes and i not in self._bytes_absent]
         if want:
-            got = self.store.token_bytes(self.vocab_key, want)
+            with self._reading() as r:
+                got = r.token_bytes(self.vocab_key, want)
             self._bytes.update(got)
             self._bytes_absent.update(i for i in want if i not in got)
         return {i: self._bytes[i] for i in ids if i in self._bytes}
@@ -382,7 +619,7 @@ class Explorer:
         return 0
 
     def _largest_child(self, children):
-        sizes = self.store.subtree_sizes([c.id for c in children])
+        sizes = self._subtree_sizes([c.id for c in children])
         return max(children, key=lambda c: (sizes.get(c.id, 0), -c.id))
 
     def _candidate_rows(self, node, out: NodeOutput | None = None,
@@ -390,8 +627,8 @@ class Explorer:
         """Top tokens_to_show next tokens, then explored children outside them."""
         if out is None:
             out = self._outputs_for([node.prefix_key]).get(node.prefix_key)
-        children = {c.token_id: c for c in self.store.children(node.id)}
-        sizes = self.store.subtree_sizes([c.id for c in children.values()]) if children else {}
+        children = {c.token_id: c for c in self._children_of(node.id)}
+        sizes = self._subtree_sizes([c.id for c in children.values()]) if children else {}
         shown: list[tuple[int | None, int, float | None]] = []  # rank, id, prob
         if out is not None:
             n = self.config.display.tokens_to_show
@@ -413,12 +650,20 @@ class Explorer:
             child = children.get(token)
             rows.append(CandidateRow(
                 rank=rank, token_id=token,
-                text=visible(pieces[token]) if token in pieces else _placeholder(token),
+                text=self._visible_text(token, pieces),
                 prob=prob, explored=child is not None,
                 subtree=sizes.get(child.id, 0) + 1 if child is not None else 0,
                 layers=lens[k] if lens else None,
             ))
         return rows
+
+    def _visible_text(self, token: int, pieces: dict[int, bytes]) -> str:
+        text = self._visible.get(token)
+        if text is None:
+            if token not in pieces:
+                return _placeholder(token)
+            text = self._visible[token] = visible(pieces[token])
+        return text
 
     def _lens_cells(self, analysis: Analysis | None, ids: Sequence[int]):
         if self.layer_view == "off" or analysis is None or analysis.lens_ids is None or not analysis.lens_probs:
@@ -435,38 +680,122 @@ class Explorer:
             cells.append(tuple(curve))
         return cells
 
-    def _prompt_tokens(self, path, root_depth: int, outs, analysis: Analysis | None):
-        ids = [n.token_id for n in path]
-        pieces = self._pieces(ids)
-        texts = prompt_pieces([pieces.get(i, b"") for i in ids])
-        influence = analysis.influence if analysis is not None else None
-        tokens = []
-        for k, node in enumerate(path):
+    def _prompt_kept(self, path) -> int:
+        """How many leading tokens of `path` the prompt cache holds, bytes known."""
+        ids = self._prompt["ids"]
+        # Equal ids at one depth mean equal paths above it: binary search the common prefix.
+        lo, hi = 0, min(len(path), len(ids), self._prompt["stable"])
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if ids[mid - 1] == path[mid - 1].id:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def _prompt_tokens(self, path, root_depth: int, analysis: Analysis | None):
+        """The prompt pane's tokens. Kept between calls and rebuilt only from where the path
+        (or anything a token shows) may differ: a pop or an append touches one token."""
+        n = len(path)
+        cache = self._prompt
+        ids = cache["ids"]
+        start = self._prompt_kept(path)
+        # The text layer: decoded pieces (a character split across tokens shows on the token
+        # that completes it), with the decoder's state after each token to resume from.
+        del ids[start:], cache["raw"][start:], cache["states"][start:], cache["known"][start:]
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="backslashreplace")
+        if start:
+            decoder.setstate(cache["states"][start - 1])
+        new = path[start:]
+        pieces = self._pieces(node.token_id for node in new)
+        stable = start  # tokens before this one have their bytes (those after may change)
+        for node in new:
+            piece = pieces.get(node.token_id)
+            if piece is not None and stable == len(ids):
+                stable += 1
+            ids.append(node.id)
+            cache["raw"].append(decoder.decode(piece or b"", final=False))
+            cache["states"].append(decoder.getstate())
+            cache["known"].append(piece is not None)
+        cache["stable"] = stable
+        tail = decoder.decode(b"", final=True) if n else ""  # an unfinished character at the end
+        raw, known = cache["raw"], cache["known"]
+
+        def text(k: int, final: str = "") -> str:
+            if not known[k]:
+                return _placeholder(path[k].token_id)
+            return show_controls(raw[k] + final)
+
+        view = self.prompt_view
+        influence = analysis.influence if analysis is not None and view == "influence" else None
+        key = (root_depth, view, self._fingerprint, influence)
+        tokens = cache["tokens"]
+        if cache["key"] != key:
+            cache["key"], tokens[:], cache["values_stable"] = key, [], 0
+        keep = min(start, cache["values_stable"], len(tokens))
+        del tokens[keep:]
+        values_stable = keep
+        outs = self._outputs_for([x.prefix_key for x in path[max(0, keep - 1):]]) if view in (
+            "probability", "entropy") else {}
+        for k in range(keep, n):
+            node = path[k]
             value = None
-            if self.prompt_view == "probability":
+            if view == "probability":
                 o = outs.get(node.prefix_key)
                 value = o.token_prob if o is not None else None
-            elif self.prompt_view == "entropy" and k > 0:
+                missing = o is None
+            elif view == "entropy" and k > 0:
                 o = outs.get(path[k - 1].prefix_key)
                 value = o.next.norm_entropy if o is not None else None
-            elif self.prompt_view == "influence" and influence is not None and k < len(influence):
+                missing = o is None
+            elif view == "influence" and influence is not None and k < len(influence):
                 value = influence[k]
-            text = texts[k] if node.token_id in pieces else _placeholder(node.token_id)
-            tokens.append(PromptToken(text=text, token_id=node.token_id,
+                missing = False
+            else:
+                missing = False
+            tokens.append(PromptToken(text=text(k), token_id=node.token_id,
                                       appended=node.depth > root_depth, value=value))
+            if values_stable == k and not missing:
+                values_stable = k + 1  # an output that arrives later changes this token's value
+        cache["values_stable"] = values_stable
+        if n and tail:
+            last = tokens[-1]
+            return (*tokens[:-1], PromptToken(text=text(n - 1, tail), token_id=last.token_id,
+                                              appended=last.appended, value=last.value))
         return tuple(tokens)
 
-    def _branch_row(self, branch) -> BranchRow:
-        path = self.store.path_nodes(branch.node_id)
-        root_depth = self.store.node(branch.root_node_id).depth
-        appended = [n for n in path if n.depth > root_depth]
-        outs = self._outputs_for([n.prefix_key for n in appended])
-        logprob = perplexity = None
-        probs = [outs[n.prefix_key].token_prob for n in appended if n.prefix_key in outs]
-        if appended and len(probs) == len(appended) and all(p is not None for p in probs):
-            logprob = sum(math.log(max(p, 1e-45)) for p in probs)
-            perplexity = math.exp(-logprob / len(appended))
-        return BranchRow(id=branch.id, name=branch.name, depth=len(path), appended=len(appended),
+    def _prefetch_rows(self, branches) -> None:
+        """Read, in one statement each, what the branch rows not known yet need."""
+        todo = [b for b in branches if b.node_id not in self._nodes or b.root_node_id not in self._nodes]
+        if todo:
+            with self._reading() as r:
+                self._remember_nodes(r.paths({b.node_id for b in todo} | {b.root_node_id for b in todo}).values())
+        keys: list[bytes] = []
+        for b in branches:
+            root = self._nodes.get(b.root_node_id)
+            if root is not None and (b.node_id, root.depth) not in self._rows and b.node_id in self._nodes:
+                keys += [n.prefix_key for n in self._path_of(b.node_id) if n.depth > root.depth]
+        if keys:
+            self._probs_for(keys)
+
+    def _branch_row(self, branch, path=None) -> BranchRow:
+        root_depth = self._node(branch.root_node_id).depth
+        known = self._rows.get((branch.node_id, root_depth))
+        if known is None:
+            if path is None:
+                path = self._path_of(branch.node_id)
+            appended = [n for n in path if n.depth > root_depth]
+            outs = self._probs_for([n.prefix_key for n in appended])
+            logprob = perplexity = None
+            probs = [outs[n.prefix_key] for n in appended if n.prefix_key in outs]
+            if appended and len(probs) == len(appended) and all(p is not None for p in probs):
+                logprob = sum(math.log(max(p, 1e-45)) for p in probs)
+                perplexity = math.exp(-logprob / len(appended))
+            known = (len(path), len(appended), logprob, perplexity)
+            if len(probs) == len(appended):  # every output is in: the row is final
+                self._rows[(branch.node_id, root_depth)] = known
+        depth, appended_n, logprob, perplexity = known
+        return BranchRow(id=branch.id, name=branch.name, depth=depth, appended=appended_n,
                          logprob=logprob, perplexity=perplexity, focused=branch.focused)
 
     def _status(self, node, out) -> Status:
@@ -474,7 +803,9 @@ class Explorer:
             loaded = self.engine.loaded
             model, device, dtype = loaded.name, loaded.device, loaded.dtype
         else:
-            model, device, dtype = self.model_name, "\u2014", "\u2014"
+            # Until a model is attached, what is on screen is the session model's cache: say
+            # so, even when another model (--model) is loading (the busy field names it).
+            model, device, dtype = f"{self.info.model_name} (cached)", "\u2014", "\u2014"
         ms = self._fresh_ms.get(node.prefix_key)
         origin = "waiting" if out is None else ("forward" if ms is not None else "cache")
         return Status(model=model, device=device, dtype=dtype, session_id=self.session_id,
@@ -510,31 +841,39 @@ class Explorer:
         return Job(label=label, key=key, run=run, finish=finish, fail=fail)
 
     def _plan(self) -> Job | None:
-        branches = self.store.branches(self.session_id)
-        focused = next((b for b in branches if b.focused), branches[0])
-        path = self.store.path_nodes(focused.node_id)
-        job = self._outputs_job(path) or self._analysis_job(path)
-        if job is not None:
-            return job
-        self._snapshot_ids(path)
-        if job := self._bytes_job():
-            return job
-        # Background: fill the other branches so their log-probabilities show.
-        for b in branches:
-            if b.id != focused.id and (job := self._outputs_job(self.store.path_nodes(b.node_id))):
+        with self._reading():
+            branches = self._branches()
+            focused = next((b for b in branches if b.focused), branches[0])
+            path = self._path_of(focused.node_id, keep=True)
+            job = self._outputs_job(path, focused=True) or self._analysis_job(path)
+            if job is not None:
                 return job
-        return None
+            self._snapshot_ids(path)
+            if job := self._bytes_job():
+                return job
+            # Background: fill the other branches so their log-probabilities show.
+            todo = [b for b in branches if b.id != focused.id and b.node_id not in self._complete]
+            if todo and any(b.node_id not in self._nodes for b in todo):
+                with self._reading() as r:
+                    self._remember_nodes(r.paths({b.node_id for b in todo}).values())
+            for b in todo:
+                if job := self._outputs_job(self._path_of(b.node_id)):
+                    return job
+            return None
 
     def _snapshot_ids(self, path) -> None:
         """Make sure the ids the screen shows have been looked up (so missing ones are known)."""
-        self._pieces(n.token_id for n in path)
+        self._pieces(n.token_id for n in path[self._prompt_kept(path):])
         self._candidate_rows(path[-1])
 
-    def _outputs_job(self, path) -> Job | None:
+    def _outputs_job(self, path, *, focused: bool = False) -> Job | None:
+        if path[-1].id in self._complete:
+            return None
         keys = [n.prefix_key for n in path]
-        outs = self._outputs_for(keys)
+        outs = self._probs_for(keys)
         missing = [k for k, key in enumerate(keys) if key not in outs]
         if not missing:
+            self._complete.add(path[-1].id)
             return None
         key = ("outputs", keys[-1])
         if key in self._failed:
@@ -542,22 +881,39 @@ class Explorer:
         tokens = [n.token_id for n in path]
         engine, known = self.engine, frozenset(self._bytes)
         one_step = missing == [len(path) - 1] and len(path) > 1
+        # A new node under a view that needs its analysis: the step's own forward pass
+        # gives it (one pass, not a step and then an analysis).
+        influence, lens_count = False, 0
+        if focused and one_step and self._needs_analysis() and hasattr(engine, "step_with_analysis"):
+            stored = self._analysis_for(keys[-1])
+            influence = self.prompt_view == "influence" and (stored is None or stored.influence is None)
+            if self.layer_view != "off" and self.layer_prob and (stored is None or not stored.lens_ids):
+                lens_count = self.config.display.tokens_to_show
+        with_analysis = influence or lens_count > 0
 
         def run():
             start = time.perf_counter()
-            if one_step:
+            analysis = None
+            if with_analysis:
+                out, analysis = engine.step_with_analysis(tokens[:-1], tokens[-1], influence=influence,
+                                                          lens_count=lens_count)
+                results = {len(tokens) - 1: out}
+            elif one_step:
                 results = {len(tokens) - 1: engine.step(tokens[:-1], tokens[-1])}
             else:
                 every = engine.prefill(tokens)
                 results = {k: every[k] for k in missing}
             ms = (time.perf_counter() - start) * 1000
             ids = set(tokens) | {t for o in results.values() for t in o.next.top_ids}
-            return results, ms, engine.token_bytes(sorted(ids - known))
+            return results, ms, engine.token_bytes(sorted(ids - known)), analysis
 
         def apply(result):
-            results, ms, pieces = result
+            results, ms, pieces, analysis = result
             items = [(keys[k], o) for k, o in results.items()]
             self.store.put_outputs(items, self._fingerprint)
+            if analysis is not None:
+                self.store.put_analysis(keys[-1], self._fingerprint, analysis)
+                self._analysis.pop(keys[-1], None)  # re-read: the store merges fields
             for prefix_key, _ in items:
                 # Read back from the store, so this run shows the same (stored) numbers a resume will.
                 self._absent.discard(prefix_key)

@@ -52,10 +52,11 @@ def prompt_pieces(pieces: Sequence[bytes]) -> list[str]:
     tail = decoder.decode(b"", final=True)  # an unfinished character at the very end
     if tail:
         out[-1] += tail
-    return [_show_controls(text) for text in out]
+    return [show_controls(text) for text in out]
 
 
-def _show_controls(text: str) -> str:
+def show_controls(text: str) -> str:
+    """Control characters other than newline and tab as \\xNN escapes (prompt-pane text)."""
     if text.isprintable():  # the common case: nothing to do
         return text
     return "".join(

@@ -214,6 +214,14 @@ class Store:
             with conn.begin():
                 yield conn
 
+    @contextmanager
+    def reading(self) -> Iterator[Reader]:
+        """Many reads in ONE deferred transaction (one consistent WAL snapshot):
+        ``with store.reading() as r: r.branches(sid); r.children([...])``. The Reader is
+        valid only inside the block; a write made meanwhile (by anyone) is not seen by it."""
+        with self._read() as conn:
+            yield Reader(self, conn)
+
     # ------------------------------------------------------------------ events (low level)
 
     def _version(self, conn: Connection, session_id: int) -> int:
@@ -523,22 +531,25 @@ class Store:
 
     def branches(self, session_id: int) -> list[Branch]:
         with self._read() as conn:
-            self._session_row(conn, session_id)
-            focus = self._focus(conn, session_id)
-            rows = conn.execute(_SEL_LIVE_BRANCHES, {"sid": session_id}).all()
-            return [
-                Branch(
-                    id=r.id,
-                    session_id=r.session_id,
-                    name=r.name,
-                    position=r.position,
-                    node_id=r.node_id,
-                    root_node_id=r.root_node_id,
-                    focused=r.id == focus,
-                    source=r.source,
-                )
-                for r in rows
-            ]
+            return self._branches(conn, session_id)
+
+    def _branches(self, conn: Connection, session_id: int) -> list[Branch]:
+        self._session_row(conn, session_id)
+        focus = self._focus(conn, session_id)
+        rows = conn.execute(_SEL_LIVE_BRANCHES, {"sid": session_id}).all()
+        return [
+            Branch(
+                id=r.id,
+                session_id=r.session_id,
+                name=r.name,
+                position=r.position,
+                node_id=r.node_id,
+                root_node_id=r.root_node_id,
+                focused=r.id == focus,
+                source=r.source,
+            )
+            for r in rows
+        ]
 
     def node(self, node_id: int) -> Node:
         with self._read() as conn:
@@ -650,3 +661,144 @@ class Store:
     def token_bytes(self, vocab_key: str, ids: Iterable[int]) -> dict[int, bytes]:
         with self._read() as conn:
             return cache.token_bytes(conn, vocab_key, ids)
+
+
+_SEL_MAX_NODE_ID = select(func.max(N.c.id))
+_SEL_NODES_AFTER = select(N).where(N.c.id > bindparam("after")).order_by(N.c.id).limit(bindparam("limit"))
+_SEL_NODES_IN = select(N).where(N.c.id.in_(bindparam("ids", expanding=True)))
+_SEL_CHILDREN_IN = select(N).where(N.c.parent_id.in_(bindparam("ids", expanding=True))).order_by(N.c.id)
+_SEL_SESSION_TREE = (
+    select(N.c.id, N.c.parent_id, N.c.token_id)
+    .join(SN, SN.c.node_id == N.c.id)
+    .where(SN.c.session_id == bindparam("sid"))
+    .order_by(N.c.id)
+)
+_SEL_SESSION_NODE_COUNT = select(func.count()).select_from(SN).where(SN.c.session_id == bindparam("sid"))
+_CHUNK = 500  # bound on SQL parameters per IN (...)
+
+
+class Reader:
+    """Read-only queries inside one transaction of :meth:`Store.reading`. Batched forms of
+    the Store's reads (many nodes, paths or children per statement) plus the cheap marks a
+    cache needs to know whether it is still valid. Node ids are never reused and nodes never
+    change, so a Node read once stays true; only "which nodes exist" grows."""
+
+    def __init__(self, store: Store, conn: Connection) -> None:
+        self._store = store
+        self._conn = conn
+
+    def branches(self, session_id: int) -> list[Branch]:
+        """As Store.branches (SessionNotFound for an unknown session)."""
+        return self._store._branches(self._conn, session_id)
+
+    def session_seq(self, session_id: int) -> int:
+        """The seq of the session's latest event (SessionNotFound for an unknown session).
+        The session's branches are a function of its events: while this is unchanged, so is
+        what :meth:`branches` returns."""
+        return self._store._session_row(self._conn, session_id).last_seq
+
+    def max_node_id(self) -> int:
+        """The highest node id in the whole node table (0 when empty). Ids are allocated
+        max+1 and never deleted, so an unchanged value means no node was added anywhere."""
+        return self._conn.execute(_SEL_MAX_NODE_ID).scalar() or 0
+
+    def nodes_after(self, node_id: int, limit: int) -> list[Node] | None:
+        """Every node with an id above `node_id`, oldest first; None if there are more than
+        `limit` of them."""
+        rows = self._conn.execute(_SEL_NODES_AFTER, {"after": int(node_id), "limit": int(limit) + 1}).all()
+        if len(rows) > limit:
+            return None
+        return [_node(r) for r in rows]
+
+    def nodes(self, node_ids: Iterable[int]) -> dict[int, Node]:
+        """id -> Node for the given ids; unknown ids are left out."""
+        ids = list(dict.fromkeys(int(i) for i in node_ids))
+        out: dict[int, Node] = {}
+        for i in range(0, len(ids), _CHUNK):
+            for r in self._conn.execute(_SEL_NODES_IN, {"ids": ids[i : i + _CHUNK]}):
+                out[r.id] = _node(r)
+        return out
+
+    def paths(self, node_ids: Iterable[int]) -> dict[int, Node]:
+        """Every node on the paths (root .. node) of the given nodes, each once, by id: the
+        union of what Store.path_nodes would return for each. Unknown ids add nothing."""
+        ids = list(dict.fromkeys(int(i) for i in node_ids))
+        out: dict[int, Node] = {}
+        for i in range(0, len(ids), _CHUNK):
+            marks = ",".join(str(x) for x in ids[i : i + _CHUNK])  # ints only: safe to inline
+            rows = self._conn.execute(
+                text(
+                    "WITH RECURSIVE anc(id) AS ("
+                    f"SELECT id FROM nodes WHERE id IN ({marks}) UNION "
+                    "SELECT nodes.parent_id FROM nodes JOIN anc ON nodes.id = anc.id "
+                    "WHERE nodes.parent_id IS NOT NULL) "
+                    "SELECT nodes.* FROM nodes JOIN anc ON nodes.id = anc.id"
+                )
+            ).all()
+            for r in rows:
+                out[r.id] = _node(r)
+        return out
+
+    def children(self, node_ids: Iterable[int]) -> dict[int, list[Node]]:
+        """parent id -> its children (whole node table, oldest first, as Store.children),
+        for every given id (an empty list for a leaf or an unknown id)."""
+        ids = list(dict.fromkeys(int(i) for i in node_ids))
+        out: dict[int, list[Node]] = {i: [] for i in ids}
+        for i in range(0, len(ids), _CHUNK):
+            for r in self._conn.execute(_SEL_CHILDREN_IN, {"ids": ids[i : i + _CHUNK]}):
+                out[r.parent_id].append(_node(r))
+        return out
+
+    def subtree_links(self, node_ids: Iterable[int]) -> list[tuple[int, int | None]]:
+        """(id, parent id) of every node in the subtrees of the given nodes (the nodes
+        themselves included, each node once), over the whole node table: enough to count
+        every descendant of every node in those subtrees (Store.subtree_sizes, in bulk)."""
+        ids = list(dict.fromkeys(int(i) for i in node_ids))
+        out: dict[int, int | None] = {}
+        for i in range(0, len(ids), _CHUNK):
+            marks = ",".join(str(x) for x in ids[i : i + _CHUNK])  # ints only: safe to inline
+            rows = self._conn.execute(
+                text(
+                    "WITH RECURSIVE d(id, parent_id) AS ("
+                    f"SELECT id, parent_id FROM nodes WHERE id IN ({marks}) UNION "
+                    "SELECT nodes.id, nodes.parent_id FROM nodes JOIN d ON nodes.parent_id = d.id) "
+                    "SELECT id, parent_id FROM d"
+                )
+            ).all()
+            out.update(rows)
+        return list(out.items())
+
+    def session_node_count(self, session_id: int) -> int:
+        """How many nodes the session has explored (the set only grows)."""
+        return self._conn.execute(_SEL_SESSION_NODE_COUNT, {"sid": session_id}).scalar_one()
+
+    def session_tree(self, session_id: int) -> list[tuple[int, int | None, int]]:
+        """(id, parent id, token id) of every node of the session, by id: the light form of
+        Store.session_nodes."""
+        self._store._session_row(self._conn, session_id)
+        return [tuple(r) for r in self._conn.execute(_SEL_SESSION_TREE, {"sid": session_id})]
+
+    def get_outputs(self, prefix_keys: Sequence[bytes], fingerprint: str) -> dict[bytes, NodeOutput]:
+        return cache.get_outputs(self._conn, prefix_keys, fingerprint)
+
+    def output_probs(self, prefix_keys: Sequence[bytes], fingerprint: str) -> dict[bytes, float | None]:
+        """prefix key -> the node's own token probability, for every key with an output
+        cached under `fingerprint` (the light column only, no top-K blobs)."""
+        O = NodeOutputRow.__table__
+        mid = cache.model_id(self._conn, fingerprint, create=False)
+        out: dict[bytes, float | None] = {}
+        if mid is None:
+            return out
+        keys = list(dict.fromkeys(bytes(k) for k in prefix_keys))
+        for i in range(0, len(keys), _CHUNK):
+            rows = self._conn.execute(
+                select(O.c.prefix_key, O.c.token_prob).where(O.c.model_id == mid, O.c.prefix_key.in_(keys[i : i + _CHUNK]))
+            )
+            out.update((bytes(k), p) for k, p in rows)
+        return out
+
+    def get_analysis(self, prefix_key: bytes, fingerprint: str) -> Analysis | None:
+        return cache.get_analysis(self._conn, prefix_key, fingerprint)
+
+    def token_bytes(self, vocab_key: str, ids: Iterable[int]) -> dict[int, bytes]:
+        return cache.token_bytes(self._conn, vocab_key, ids)
