@@ -287,3 +287,28 @@ def test_worker_applies_results_on_the_calling_thread():
     assert worker.deliver() == 1
     assert seen["run"] != seen["finish"] == threading.get_ident()
     worker.shutdown()
+
+
+def test_a_resumed_session_renders_the_same_screen_before_the_model_loads(tokentree_home):
+    path = default_db_path()
+    store = Store.open(path)
+    engine = FakeEngine()
+    app = make_app(store, engine)
+    app.press("down", "right", "right", "d", "left", "down", "right", "s", "e")
+    app.settle()
+    before, before_runs = lines(app)[:-1], runs(app)[:-1]  # all but the status bar
+    sid, passes = app.explorer.session_id, engine.forward_passes
+    store.close()
+
+    store = Store.open(path)  # a new process would do the same: nothing in memory survives
+    try:
+        ex = Explorer(store, sid, config=CONFIG, model_name=engine.loaded.name)
+        resumed = ExplorerApp(ex, build_keymap(CONFIG), worker=InlineWorker())
+        resumed.press("e")  # the prompt view is UI state, not an event: choose it again
+        resumed.settle()
+        assert ex.engine is None and engine.forward_passes == passes
+        assert lines(resumed)[:-1] == before  # same prompt, table, branch list and focus
+        assert runs(resumed)[:-1] == before_runs  # and the same colours
+        assert "(cached)" in lines(resumed)[-1]
+    finally:
+        store.close()
