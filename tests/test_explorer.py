@@ -415,3 +415,18 @@ def test_changes_by_another_explorer_show_in_the_cached_tree(store, engine):
     fresh = Explorer(store, ex.session_id, config=CONFIG).snapshot(with_tree=True)
     assert snap.candidates == fresh.candidates and snap.tree == fresh.tree
     assert sorted(r.subtree for r in snap.candidates if r.explored) == [1, 2]
+
+
+def test_tree_lines_after_changes_equal_a_fresh_explorers(store, engine):
+    """The tree pane's caches (chains, texts, the session's node list) never go stale."""
+    ex = explorer_for(store, engine, {"cat": " the cat"})
+    steps = [ex.append, ex.append, ex.duplicate_branch, ex.pop, lambda: ex.cursor(1), ex.append,
+             ex.append, lambda: ex.switch_branch(1), ex.pop, ex.pop, lambda: ex.cursor(2), ex.append,
+             ex.undo, ex.walk_forward, ex.duplicate_branch, ex.append, ex.remove_branch]
+    for step in steps:
+        step()
+        ex.run_jobs_inline()
+        lines = ex.snapshot(with_tree=True).tree
+        fresh = Explorer(store, ex.session_id, config=CONFIG, model_name=engine.loaded.name)
+        fresh.attach_engine(engine)
+        assert lines == fresh.snapshot(with_tree=True).tree

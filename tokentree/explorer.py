@@ -34,7 +34,7 @@ from tokentree.snapshot import (
     Status,
 )
 from tokentree.text import show_controls, visible
-from tokentree.tree_outline import outline
+from tokentree.tree_outline import Outline
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,8 @@ class Explorer:
         self._probs: dict[bytes, float | None] = {}  # key -> token_prob, for keys with output
         self._complete: set[int] = set()  # node ids whose whole path has cached outputs
         self._rows: dict[tuple[int, int], tuple] = {}  # (node id, root depth) -> branch row numbers
-        self._tree: tuple | None = None  # (session node count, session nodes)
+        self._tree: tuple | None = None  # (session node count, session nodes, session seq)
+        self._outline = Outline()  # the tree pane's chains and texts (rebuilt when the node set grows)
         self._prompt: dict[str, Any] = {"ids": [], "raw": [], "states": [], "known": [], "stable": 0,
                                          "tokens": [], "key": None, "values_stable": 0}
         # One read transaction per entry point: the reader, and what it has read so far.
@@ -382,8 +383,10 @@ class Explorer:
             at: dict[int, list[str]] = {}
             for b in branches:
                 at.setdefault(b.node_id, []).append(b.name + ("*" if b.focused else ""))
-            self._pieces(n.token_id for n in nodes)
-            return outline(nodes, at, focused.node_id, self._join_text)
+            if not self._outline.has(nodes):
+                self._pieces(n.token_id for n in nodes)  # one read for the texts about to be built
+            # Token bytes only ever become known: a larger count may change a text.
+            return self._outline.lines(nodes, at, focused.node_id, self._join_text, text_key=len(self._bytes))
 
     # ------------------------------------------------------------------ internals: data
     @contextmanager
@@ -543,9 +546,16 @@ class Explorer:
         """The session's nodes as (id, parent_id, token_id) records, read again only when the
         session has explored a node since (its node set only grows)."""
         with self._reading() as r:
+            # Nodes join a session only through its events: while its seq is unchanged, so is the set.
+            self._branches()
+            seq = self._seen_branches[0]
+            if self._tree is not None and self._tree[2] == seq:
+                return self._tree[1]
             count = r.session_node_count(self.session_id)
             if self._tree is None or self._tree[0] != count:
-                self._tree = (count, [_TreeNode(*row) for row in r.session_tree(self.session_id)])
+                self._tree = (count, [_TreeNode(*row) for row in r.session_tree(self.session_id)], seq)
+            else:
+                self._tree = (count, self._tree[1], seq)
             return self._tree[1]
 
     def _focused_branch(self):
