@@ -4,6 +4,7 @@ No urwid and no torch here. The UI thread calls the commands and `snapshot()`; i
 `take_job()` for model work and runs each Job's `run` on the worker thread, then its
 `finish`/`fail` back on the UI thread. Only `finish`/`fail` and the commands touch the store.
 The engine is asked only for nodes whose output is not cached under the model fingerprint.
+Store reads go through a TreeReader (tokentree/tree_reader.py), which keeps what it read.
 """
 
 from __future__ import annotations
@@ -13,17 +14,15 @@ import itertools
 import logging
 import math
 import os
-import re
 import time
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from tokentree.errors import ModelLoadError, StoreError, TokentreeError
+from tokentree.errors import ModelLoadError, TokentreeError
 from tokentree.jobs import Job
 from tokentree.outputs import Analysis, NodeOutput
-from tokentree.paths import saved_prompts_dir
+from tokentree.paths import safe_stem, saved_prompts_dir
 from tokentree.snapshot import (
     LAYER_VIEWS,
     PROMPT_VIEWS,
@@ -33,29 +32,11 @@ from tokentree.snapshot import (
     Snapshot,
     Status,
 )
-from tokentree.text import show_controls, visible
+from tokentree.text import placeholder, show_controls, visible
 from tokentree.tree_outline import Outline
+from tokentree.tree_reader import TreeReader
 
 log = logging.getLogger(__name__)
-
-# New nodes (by anyone) folded into the tree caches one by one; more at once: drop the caches.
-_NEW_NODES_INCREMENTAL = 256
-
-
-def _placeholder(token_id: int) -> str:
-    return f"\u27e8{token_id}\u27e9"  # ⟨id⟩ until the token's bytes are known
-
-
-def safe_stem(text: str, limit: int = 40) -> str:
-    """A file name stem from text: ASCII letters, digits and '-', never empty, never a path."""
-    stem = re.sub(r"[^a-z0-9]+", "-", text[: limit * 3].lower()).strip("-")[:limit].strip("-")
-    return stem or "branch"
-
-
-class _TreeNode(NamedTuple):
-    id: int
-    parent_id: int | None
-    token_id: int
 
 
 class Explorer:
@@ -75,39 +56,20 @@ class Explorer:
         self.layer_view = LAYER_VIEWS[0]
         self.message: str | None = None  # one-line feedback for the last command
         self.error: str | None = None  # the last model error (load or compute)
-        self._fingerprint = self.info.fingerprint
-        self._outputs: dict[bytes, NodeOutput] = {}
-        self._absent: set[bytes] = set()  # keys known to have no cached output
-        self._analysis: dict[bytes, Analysis | None] = {}
-        self._bytes: dict[int, bytes] = {}
-        self._bytes_absent: set[int] = set()  # ids whose bytes are in neither memory nor store
+        # Every store read goes through this cache: one read transaction per entry point.
+        self._tree = TreeReader(store, session_id, vocab_key=self.vocab_key,
+                                fingerprint=self.info.fingerprint)
         self._fresh_ms: dict[bytes, float] = {}  # nodes computed since the last move, with pass time
         self._queued_appends = 0  # `append` presses made while the node was still being computed
         self._selected_token: int | None = None  # selection by token id survives refreshes
         self._trail: dict[int, int] = {}  # branch id -> deepest node popped from (for walk forward)
         self._in_flight: Job | None = None
         self._failed: set[tuple] = set()
-        # In-memory views of the store. Nodes are immutable and ids never reused, so a Node
-        # read once stays true. What can grow is "which nodes exist": children lists and
-        # subtree sizes are valid for the node table up to `_mark` (its max id), and new nodes
-        # are folded in (only their ancestors' sizes change) when a read sees the mark move.
-        self._nodes: dict[int, Any] = {}  # id -> Node
-        self._links: dict[int, int | None] = {}  # id -> parent id, for every node met
-        self._children: dict[int, tuple] = {}  # id -> its children (Nodes, oldest first)
-        self._sizes: dict[int, int] = {}  # id -> descendants in the whole node table
-        self._mark: int | None = None
-        self._path: list = []  # the focused path last built (pop/append splice onto it)
-        self._probs: dict[bytes, float | None] = {}  # key -> token_prob, for keys with output
         self._complete: set[int] = set()  # node ids whose whole path has cached outputs
         self._rows: dict[tuple[int, int], tuple] = {}  # (node id, root depth) -> branch row numbers
-        self._tree: tuple | None = None  # (session node count, session nodes, session seq)
         self._outline = Outline()  # the tree pane's chains and texts (rebuilt when the node set grows)
         self._prompt: dict[str, Any] = {"ids": [], "raw": [], "states": [], "known": [], "stable": 0,
                                          "tokens": [], "key": None, "values_stable": 0}
-        # One read transaction per entry point: the reader, and what it has read so far.
-        self._reader = None
-        self._scope: dict[str, Any] | None = None
-        self._seen_branches: tuple | None = None  # (session's last event seq, its branches)
         self._visible: dict[int, str] = {}  # token id -> its table text
         if engine is not None:
             self.attach_engine(engine)
@@ -115,7 +77,7 @@ class Explorer:
     # ------------------------------------------------------------------ engine
     @property
     def fingerprint(self) -> str:
-        return self._fingerprint
+        return self._tree.fingerprint
 
     @property
     def busy(self) -> str | None:
@@ -129,13 +91,9 @@ class Explorer:
                 f"{loaded.name} has a different tokenizer than this session's model "
                 f"({self.info.model_name}); its cached tree can be browsed but not extended"
             )
-        if loaded.fingerprint != self._fingerprint:
+        if loaded.fingerprint != self.fingerprint:
             # Another dtype or revision: outputs are cached per fingerprint.
-            self._fingerprint = loaded.fingerprint
-            self._outputs.clear()
-            self._absent.clear()
-            self._analysis.clear()
-            self._probs.clear()
+            self._tree.use_fingerprint(loaded.fingerprint)
             self._complete.clear()
             self._rows.clear()
         self.engine = engine
@@ -170,7 +128,7 @@ class Explorer:
 
     # ------------------------------------------------------------------ commands
     def cursor(self, step: int) -> None:
-        with self._reading():
+        with self._tree.reading():
             rows = self._candidate_rows(self._focused_node())
         if not rows:
             return
@@ -178,9 +136,9 @@ class Explorer:
         self._selected_token = rows[i].token_id
 
     def append(self) -> None:
-        with self._reading():
+        with self._tree.reading():
             branch = self._focused_branch()
-            node = self._node(branch.node_id)
+            node = self._tree.node(branch.node_id)
             rows = self._candidate_rows(node)
         if not rows:
             if self.engine is None and self._in_flight is None:
@@ -197,21 +155,21 @@ class Explorer:
         token = rows[self._selected_index(rows)].token_id
         new_id = self.store.append_token(self.session_id, branch.id, token)
         trail = self._trail.get(branch.id)
-        if trail is not None and not self._on_path(new_id, node.depth + 1, trail):
+        if trail is not None and not self._tree.on_path(new_id, node.depth + 1, trail):
             del self._trail[branch.id]  # left the remembered path
         queued = self._queued_appends
         self._moved()
         self._queued_appends = queued
 
     def pop(self) -> None:
-        with self._reading():
+        with self._tree.reading():
             branch = self._focused_branch()
-            node = self._node(branch.node_id)
+            node = self._tree.node(branch.node_id)
             if node.depth <= 1:
                 self.message = "nothing to pop: the branch is one token long"
                 return
             trail = self._trail.get(branch.id)
-            if trail is None or not self._on_path(node.id, node.depth, trail):
+            if trail is None or not self._tree.on_path(node.id, node.depth, trail):
                 self._trail[branch.id] = node.id
         self.store.pop_token(self.session_id, branch.id)
         self._moved()
@@ -219,16 +177,16 @@ class Explorer:
 
     def walk_forward(self) -> None:
         """Go down the explored tree to a leaf: back along the popped path if there is one."""
-        with self._reading():
+        with self._tree.reading():
             branch = self._focused_branch()
-            node = self._node(branch.node_id)
+            node = self._tree.node(branch.node_id)
             target = None
             trail = self._trail.get(branch.id)
             if trail is not None and trail != node.id:
-                if self._on_path(node.id, node.depth, trail):
+                if self._tree.on_path(node.id, node.depth, trail):
                     target = trail
             if target is None:
-                children = self._children_of(node.id)
+                children = self._tree.children_of(node.id)
                 if not children:
                     self.message = "no explored path ahead"
                     return
@@ -237,15 +195,15 @@ class Explorer:
                 by_token = {c.token_id: c for c in children}
                 target = by_token[chosen].id if chosen in by_token else self._largest_child(children).id
             leaf = target
-            while children := self._children_of(leaf):
+            while children := self._tree.children_of(leaf):
                 leaf = self._largest_child(children).id
-            moved = self._node(leaf).depth - node.depth
+            moved = self._tree.node(leaf).depth - node.depth
         self.store.move_branch(self.session_id, branch.id, leaf)
         self._moved()
         self.message = f"walked forward {moved} token{'s' if moved != 1 else ''}"
 
     def switch_branch(self, step: int) -> None:
-        branches = self._branches()
+        branches = self._tree.branches()
         i = next((k for k, b in enumerate(branches) if b.focused), 0)
         j = (i + step) % len(branches)
         if j != i:
@@ -255,12 +213,12 @@ class Explorer:
     def duplicate_branch(self) -> None:
         new_id = self.store.duplicate_branch(self.session_id, self._focused_branch().id)
         self._queued_appends = 0
-        name = next((b.name for b in self._branches() if b.id == new_id), "")
+        name = next((b.name for b in self._tree.branches() if b.id == new_id), "")
         self.message = f"duplicated the branch as {name}" if name else "duplicated the branch"
 
     def remove_branch(self) -> None:
-        with self._reading():
-            branches = self._branches()
+        with self._tree.reading():
+            branches = self._tree.branches()
             if len(branches) <= 1:
                 self.message = "cannot remove the last branch"
                 return
@@ -294,10 +252,10 @@ class Explorer:
 
     def save_branch(self) -> Path | None:
         """Write the branch text to a new file in the saved-prompts dir; never overwrites."""
-        with self._reading():
+        with self._tree.reading():
             branch = self._focused_branch()
-            ids = [n.token_id for n in self._path_of(branch.node_id)]
-            pieces = self._pieces(ids)
+            ids = [n.token_id for n in self._tree.path_of(branch.node_id)]
+            pieces = self._tree.pieces(ids)
         if len(pieces) < len(set(ids)):
             self.message = "cannot save yet: token text is still loading"
             return None
@@ -332,7 +290,7 @@ class Explorer:
 
     def _drain_queued_appends(self) -> None:
         while self._queued_appends > 0:
-            with self._reading():
+            with self._tree.reading():
                 rows = self._candidate_rows(self._focused_node())
             if not rows:
                 return
@@ -341,18 +299,18 @@ class Explorer:
 
     # ------------------------------------------------------------------ reads
     def snapshot(self, *, with_tree: bool = False) -> Snapshot:
-        with self._reading():
+        with self._tree.reading():
             return self._snapshot(with_tree)
 
     def _snapshot(self, with_tree: bool) -> Snapshot:
-        branches = self._branches()
+        branches = self._tree.branches()
         focused = next((b for b in branches if b.focused), branches[0])
-        path = self._path_of(focused.node_id, keep=True)
-        root_depth = self._node(focused.root_node_id).depth
+        path = self._tree.path_of(focused.node_id, keep=True)
+        root_depth = self._tree.node(focused.root_node_id).depth
         self._prefetch_rows(branches)
         current = path[-1]
-        out = self._outputs_for([current.prefix_key]).get(current.prefix_key)
-        analysis = self._analysis_for(current.prefix_key) if self._needs_analysis() else None
+        out = self._tree.outputs_for([current.prefix_key]).get(current.prefix_key)
+        analysis = self._tree.analysis_for(current.prefix_key) if self._needs_analysis() else None
 
         rows = self._candidate_rows(current, out, analysis)
         num_layers = len(analysis.lens_probs) if analysis and analysis.lens_probs else 0
@@ -376,247 +334,34 @@ class Explorer:
         )
 
     def tree_lines(self, focused=None, branches=None):
-        with self._reading():
-            branches = branches or self._branches()
+        with self._tree.reading():
+            branches = branches or self._tree.branches()
             focused = focused or next((b for b in branches if b.focused), branches[0])
-            nodes = self._session_tree()
+            nodes = self._tree.session_tree()
             at: dict[int, list[str]] = {}
             for b in branches:
                 at.setdefault(b.node_id, []).append(b.name + ("*" if b.focused else ""))
             if not self._outline.has(nodes):
-                self._pieces(n.token_id for n in nodes)  # one read for the texts about to be built
-            # Token bytes only ever become known: a larger count may change a text.
-            return self._outline.lines(nodes, at, focused.node_id, self._join_text, text_key=len(self._bytes))
+                self._tree.pieces(n.token_id for n in nodes)  # one read for the texts about to be built
+            return self._outline.lines(nodes, at, focused.node_id, self._join_text, text_key=self._tree.known_bytes_count())
 
-    # ------------------------------------------------------------------ internals: data
-    @contextmanager
-    def _reading(self):
-        """Every store read inside runs in ONE read transaction (nested uses join it). Never
-        hold it across a store write: it would keep reading the state from before."""
-        if self._reader is not None:
-            yield self._reader
-            return
-        with self.store.reading() as reader:
-            self._reader, self._scope = reader, {}
-            try:
-                yield reader
-            finally:
-                self._reader = self._scope = None
-
-    def _branches(self):
-        """The live branches, read once per read transaction; the first read also checks
-        whether nodes were added since the tree caches were filled."""
-        with self._reading() as r:
-            branches = self._scope.get("branches")
-            if branches is None:
-                seq = r.session_seq(self.session_id)
-                if self._seen_branches is not None and self._seen_branches[0] == seq:
-                    branches = self._seen_branches[1]
-                else:
-                    branches = r.branches(self.session_id)
-                    self._seen_branches = (seq, branches)
-                self._scope["branches"] = branches
-                self._check_mark()
-            return branches
-
-    def _check_mark(self) -> None:
-        with self._reading() as r:
-            if self._scope.get("marked"):
-                return
-            self._scope["marked"] = True
-            mark = r.max_node_id()
-            if self._mark is None or mark == self._mark:
-                self._mark = mark
-                return
-            new = r.nodes_after(self._mark, _NEW_NODES_INCREMENTAL) if mark > self._mark else None
-            self._mark = mark
-            if new is None:
-                self._children.clear()
-                self._sizes.clear()
-                return
-            for node in new:
-                self._add_node(node)
-
-    def _add_node(self, node) -> None:
-        """Fold one new node (ids ascending) into the children lists and subtree sizes."""
-        self._remember_nodes((node,))
-        parent = node.parent_id
-        self._children[node.id] = ()  # a node has no children when it is created
-        if parent is None:
-            return
-        if parent in self._children:
-            self._children[parent] += (node,)
-        if parent in self._sizes:
-            self._sizes[node.id] = 0
-        # Every node whose size is known had its whole subtree's links read, so the walk up
-        # meets every ancestor with a known size before it meets a missing link.
-        links, sizes, up = self._links, self._sizes, parent
-        while up is not None:
-            if up in sizes:
-                sizes[up] += 1
-            up = links.get(up)
-
-    def _remember_nodes(self, nodes) -> None:
-        for n in nodes:
-            self._nodes[n.id] = n
-            self._links[n.id] = n.parent_id
-
-    def _node(self, node_id: int):
-        node = self._nodes.get(node_id)
-        if node is None:
-            with self._reading() as r:
-                self._remember_nodes(r.nodes([node_id]).values())
-            node = self._nodes.get(node_id)
-            if node is None:
-                raise StoreError(f"no node {node_id}")
-        return node
-
-    def _path_of(self, node_id: int, *, keep: bool = False) -> list:
-        """The nodes from the root to `node_id` (as Store.path_nodes), from memory where it
-        can: a walk up to the last focused path, spliced onto it."""
-        base, nodes, chain = self._path, self._nodes, []
-        nid = node_id
-        while True:
-            n = nodes.get(nid)
-            if n is None:
-                with self._reading() as r:
-                    self._remember_nodes(r.paths([nid]).values())
-                n = nodes.get(nid)
-                if n is None:
-                    raise StoreError(f"no node {nid}")
-            if n.depth <= len(base) and base[n.depth - 1].id == n.id:
-                path = base[: n.depth]
-                break
-            chain.append(n)
-            if n.parent_id is None:
-                path = []
-                break
-            nid = n.parent_id
-        if chain:
-            chain.reverse()
-            path += chain
-        if keep:
-            self._path = path
-        return path
-
-    def _on_path(self, node_id: int, depth: int, end_id: int) -> bool:
-        """Whether the node (at `depth`) is on the path from the root to `end_id`."""
-        path = self._path_of(end_id)
-        return len(path) >= depth and path[depth - 1].id == node_id
-
-    def _children_of(self, node_id: int) -> tuple:
-        self._check_mark()
-        kids = self._children.get(node_id)
-        if kids is None:
-            with self._reading() as r:
-                got = r.children([node_id])[node_id]
-            self._remember_nodes(got)
-            kids = self._children[node_id] = tuple(got)
-        return kids
-
-    def _subtree_sizes(self, ids: Sequence[int]) -> dict[int, int]:
-        """id -> descendants in the whole node table (Store.subtree_sizes), from memory:
-        a missing subtree is read once, with every size inside it."""
-        self._check_mark()
-        sizes = self._sizes
-        want = [i for i in ids if i not in sizes and not self._derive_size(i)]
-        if want:
-            with self._reading() as r:
-                links = r.subtree_links(want)
-            kids: dict[int | None, list[int]] = {}
-            for i, parent in links:
-                self._links[i] = parent
-                kids.setdefault(parent, []).append(i)
-            order, k = [i for i in want if i in self._links], 0
-            while k < len(order):  # breadth first: parents before their children
-                order.extend(kids.get(order[k], ()))
-                k += 1
-            for i in reversed(order):
-                sizes[i] = sum(sizes[c] + 1 for c in kids.get(i, ()))
-        return {i: sizes[i] for i in ids if i in sizes}
-
-    def _derive_size(self, node_id: int) -> bool:
-        kids = self._children.get(node_id)
-        if kids is None or any(c.id not in self._sizes for c in kids):
-            return False
-        self._sizes[node_id] = sum(self._sizes[c.id] + 1 for c in kids)
-        return True
-
-    def _session_tree(self):
-        """The session's nodes as (id, parent_id, token_id) records, read again only when the
-        session has explored a node since (its node set only grows)."""
-        with self._reading() as r:
-            # Nodes join a session only through its events: while its seq is unchanged, so is the set.
-            self._branches()
-            seq = self._seen_branches[0]
-            if self._tree is not None and self._tree[2] == seq:
-                return self._tree[1]
-            count = r.session_node_count(self.session_id)
-            if self._tree is None or self._tree[0] != count:
-                self._tree = (count, [_TreeNode(*row) for row in r.session_tree(self.session_id)], seq)
-            else:
-                self._tree = (count, self._tree[1], seq)
-            return self._tree[1]
-
+    # ------------------------------------------------------------------ internals: screen
     def _focused_branch(self):
-        branches = self._branches()
+        branches = self._tree.branches()
         return next((b for b in branches if b.focused), branches[0])
 
     def _focused_node(self):
-        return self._node(self._focused_branch().node_id)
-
-    def _probs_for(self, keys: Sequence[bytes]) -> dict[bytes, float | None]:
-        """key -> token probability for the keys with a cached output (light: no top-K)."""
-        outputs, probs, absent = self._outputs, self._probs, self._absent
-        want = [k for k in keys if k not in outputs and k not in probs and k not in absent]
-        if want:
-            with self._reading() as r:
-                got = r.output_probs(want, self._fingerprint)
-            probs.update(got)
-            absent.update(k for k in want if k not in got)
-        out = {}
-        for k in keys:
-            o = outputs.get(k)
-            if o is not None:
-                out[k] = o.token_prob
-            elif k in probs:
-                out[k] = probs[k]
-        return out
-
-    def _outputs_for(self, keys: Sequence[bytes]) -> dict[bytes, NodeOutput]:
-        want = [k for k in dict.fromkeys(keys) if k not in self._outputs and k not in self._absent]
-        if want:
-            with self._reading() as r:
-                got = r.get_outputs(want, self._fingerprint)
-            self._outputs.update(got)
-            self._absent.update(k for k in want if k not in got)
-        return {k: self._outputs[k] for k in keys if k in self._outputs}
-
-    def _analysis_for(self, key: bytes) -> Analysis | None:
-        if key not in self._analysis:
-            with self._reading() as r:
-                self._analysis[key] = r.get_analysis(key, self._fingerprint)
-        return self._analysis[key]
-
-    def _pieces(self, ids: Iterable[int]) -> dict[int, bytes]:
-        ids = set(ids)
-        want = [i for i in ids if i not in self._bytes and i not in self._bytes_absent]
-        if want:
-            with self._reading() as r:
-                got = r.token_bytes(self.vocab_key, want)
-            self._bytes.update(got)
-            self._bytes_absent.update(i for i in want if i not in got)
-        return {i: self._bytes[i] for i in ids if i in self._bytes}
+        return self._tree.node(self._focused_branch().node_id)
 
     def _join_text(self, ids: list[int]) -> str:
         """A tree segment's text; bytes of a character split across segments show as escapes."""
-        pieces = self._pieces(ids)
+        pieces = self._tree.pieces(ids)
         out, run = [], bytearray()
         for i in ids:
             if i in pieces:
                 run += pieces[i]
             else:
-                out += [run.decode("utf-8", errors="backslashreplace"), _placeholder(i)]
+                out += [run.decode("utf-8", errors="backslashreplace"), placeholder(i)]
                 run = bytearray()
         out.append(run.decode("utf-8", errors="backslashreplace"))
         return "".join(out)
@@ -629,16 +374,16 @@ class Explorer:
         return 0
 
     def _largest_child(self, children):
-        sizes = self._subtree_sizes([c.id for c in children])
+        sizes = self._tree.subtree_sizes([c.id for c in children])
         return max(children, key=lambda c: (sizes.get(c.id, 0), -c.id))
 
     def _candidate_rows(self, node, out: NodeOutput | None = None,
                         analysis: Analysis | None = None) -> list[CandidateRow]:
         """Top tokens_to_show next tokens, then explored children outside them."""
         if out is None:
-            out = self._outputs_for([node.prefix_key]).get(node.prefix_key)
-        children = {c.token_id: c for c in self._children_of(node.id)}
-        sizes = self._subtree_sizes([c.id for c in children.values()]) if children else {}
+            out = self._tree.outputs_for([node.prefix_key]).get(node.prefix_key)
+        children = {c.token_id: c for c in self._tree.children_of(node.id)}
+        sizes = self._tree.subtree_sizes([c.id for c in children.values()]) if children else {}
         shown: list[tuple[int | None, int, float | None]] = []  # rank, id, prob
         if out is not None:
             n = self.config.display.tokens_to_show
@@ -646,14 +391,14 @@ class Explorer:
         in_table = {t for _, t, _ in shown}
         extra = [c for t, c in children.items() if t not in in_table]
         if extra:
-            child_outs = self._outputs_for([c.prefix_key for c in extra])
+            child_outs = self._tree.outputs_for([c.prefix_key for c in extra])
             more = []
             for c in extra:
                 o = child_outs.get(c.prefix_key)
                 more.append((o.token_rank if o else None, c.token_id, o.token_prob if o else None))
             more.sort(key=lambda r: (r[0] is None, r[0] or 0, r[1]))
             shown += more
-        pieces = self._pieces(t for _, t, _ in shown)
+        pieces = self._tree.pieces(t for _, t, _ in shown)
         lens = self._lens_cells(analysis, [t for _, t, _ in shown])
         rows = []
         for k, (rank, token, prob) in enumerate(shown):
@@ -671,7 +416,7 @@ class Explorer:
         text = self._visible.get(token)
         if text is None:
             if token not in pieces:
-                return _placeholder(token)
+                return placeholder(token)
             text = self._visible[token] = visible(pieces[token])
         return text
 
@@ -717,7 +462,7 @@ class Explorer:
         if start:
             decoder.setstate(cache["states"][start - 1])
         new = path[start:]
-        pieces = self._pieces(node.token_id for node in new)
+        pieces = self._tree.pieces(node.token_id for node in new)
         stable = start  # tokens before this one have their bytes (those after may change)
         for node in new:
             piece = pieces.get(node.token_id)
@@ -733,19 +478,19 @@ class Explorer:
 
         def text(k: int, final: str = "") -> str:
             if not known[k]:
-                return _placeholder(path[k].token_id)
+                return placeholder(path[k].token_id)
             return show_controls(raw[k] + final)
 
         view = self.prompt_view
         influence = analysis.influence if analysis is not None and view == "influence" else None
-        key = (root_depth, view, self._fingerprint, influence)
+        key = (root_depth, view, self.fingerprint, influence)
         tokens = cache["tokens"]
         if cache["key"] != key:
             cache["key"], tokens[:], cache["values_stable"] = key, [], 0
         keep = min(start, cache["values_stable"], len(tokens))
         del tokens[keep:]
         values_stable = keep
-        outs = self._outputs_for([x.prefix_key for x in path[max(0, keep - 1):]]) if view in (
+        outs = self._tree.outputs_for([x.prefix_key for x in path[max(0, keep - 1):]]) if view in (
             "probability", "entropy") else {}
         for k in range(keep, n):
             node = path[k]
@@ -776,26 +521,26 @@ class Explorer:
 
     def _prefetch_rows(self, branches) -> None:
         """Read, in one statement each, what the branch rows not known yet need."""
-        todo = [b for b in branches if b.node_id not in self._nodes or b.root_node_id not in self._nodes]
+        known = self._tree.cached_node
+        todo = [b for b in branches if known(b.node_id) is None or known(b.root_node_id) is None]
         if todo:
-            with self._reading() as r:
-                self._remember_nodes(r.paths({b.node_id for b in todo} | {b.root_node_id for b in todo}).values())
+            self._tree.read_paths({b.node_id for b in todo} | {b.root_node_id for b in todo})
         keys: list[bytes] = []
         for b in branches:
-            root = self._nodes.get(b.root_node_id)
-            if root is not None and (b.node_id, root.depth) not in self._rows and b.node_id in self._nodes:
-                keys += [n.prefix_key for n in self._path_of(b.node_id) if n.depth > root.depth]
+            root = known(b.root_node_id)
+            if root is not None and (b.node_id, root.depth) not in self._rows and known(b.node_id) is not None:
+                keys += [n.prefix_key for n in self._tree.path_of(b.node_id) if n.depth > root.depth]
         if keys:
-            self._probs_for(keys)
+            self._tree.probs_for(keys)
 
     def _branch_row(self, branch, path=None) -> BranchRow:
-        root_depth = self._node(branch.root_node_id).depth
+        root_depth = self._tree.node(branch.root_node_id).depth
         known = self._rows.get((branch.node_id, root_depth))
         if known is None:
             if path is None:
-                path = self._path_of(branch.node_id)
+                path = self._tree.path_of(branch.node_id)
             appended = [n for n in path if n.depth > root_depth]
-            outs = self._probs_for([n.prefix_key for n in appended])
+            outs = self._tree.probs_for([n.prefix_key for n in appended])
             logprob = perplexity = None
             probs = [outs[n.prefix_key] for n in appended if n.prefix_key in outs]
             if appended and len(probs) == len(appended) and all(p is not None for p in probs):
@@ -851,10 +596,10 @@ class Explorer:
         return Job(label=label, key=key, run=run, finish=finish, fail=fail)
 
     def _plan(self) -> Job | None:
-        with self._reading():
-            branches = self._branches()
+        with self._tree.reading():
+            branches = self._tree.branches()
             focused = next((b for b in branches if b.focused), branches[0])
-            path = self._path_of(focused.node_id, keep=True)
+            path = self._tree.path_of(focused.node_id, keep=True)
             job = self._outputs_job(path, focused=True) or self._analysis_job(path)
             if job is not None:
                 return job
@@ -863,24 +608,23 @@ class Explorer:
                 return job
             # Background: fill the other branches so their log-probabilities show.
             todo = [b for b in branches if b.id != focused.id and b.node_id not in self._complete]
-            if todo and any(b.node_id not in self._nodes for b in todo):
-                with self._reading() as r:
-                    self._remember_nodes(r.paths({b.node_id for b in todo}).values())
+            if todo and any(self._tree.cached_node(b.node_id) is None for b in todo):
+                self._tree.read_paths({b.node_id for b in todo})
             for b in todo:
-                if job := self._outputs_job(self._path_of(b.node_id)):
+                if job := self._outputs_job(self._tree.path_of(b.node_id)):
                     return job
             return None
 
     def _snapshot_ids(self, path) -> None:
         """Make sure the ids the screen shows have been looked up (so missing ones are known)."""
-        self._pieces(n.token_id for n in path[self._prompt_kept(path):])
+        self._tree.pieces(n.token_id for n in path[self._prompt_kept(path):])
         self._candidate_rows(path[-1])
 
     def _outputs_job(self, path, *, focused: bool = False) -> Job | None:
         if path[-1].id in self._complete:
             return None
         keys = [n.prefix_key for n in path]
-        outs = self._probs_for(keys)
+        outs = self._tree.probs_for(keys)
         missing = [k for k, key in enumerate(keys) if key not in outs]
         if not missing:
             self._complete.add(path[-1].id)
@@ -889,13 +633,13 @@ class Explorer:
         if key in self._failed:
             return None
         tokens = [n.token_id for n in path]
-        engine, known = self.engine, frozenset(self._bytes)
+        engine, known = self.engine, self._tree.known_byte_ids()
         one_step = missing == [len(path) - 1] and len(path) > 1
         # A new node under a view that needs its analysis: the step's own forward pass
         # gives it (one pass, not a step and then an analysis).
         influence, lens_count = False, 0
         if focused and one_step and self._needs_analysis() and hasattr(engine, "step_with_analysis"):
-            stored = self._analysis_for(keys[-1])
+            stored = self._tree.analysis_for(keys[-1])
             influence = self.prompt_view == "influence" and (stored is None or stored.influence is None)
             if self.layer_view != "off" and self.layer_prob and (stored is None or not stored.lens_ids):
                 lens_count = self.config.display.tokens_to_show
@@ -920,15 +664,15 @@ class Explorer:
         def apply(result):
             results, ms, pieces, analysis = result
             items = [(keys[k], o) for k, o in results.items()]
-            self.store.put_outputs(items, self._fingerprint)
+            self.store.put_outputs(items, self.fingerprint)
             if analysis is not None:
-                self.store.put_analysis(keys[-1], self._fingerprint, analysis)
-                self._analysis.pop(keys[-1], None)  # re-read: the store merges fields
+                self.store.put_analysis(keys[-1], self.fingerprint, analysis)
+                self._tree.analysis_stored(keys[-1])
             for prefix_key, _ in items:
                 # Read back from the store, so this run shows the same (stored) numbers a resume will.
-                self._absent.discard(prefix_key)
+                self._tree.output_stored(prefix_key)
                 self._fresh_ms[prefix_key] = ms
-            self._remember_bytes(pieces)
+            self._tree.remember_bytes(pieces)
             self._drain_queued_appends()
 
         label = "computing the next-token distribution" if one_step else f"reading {len(tokens)} tokens"
@@ -938,7 +682,7 @@ class Explorer:
         if not self._needs_analysis():
             return None
         current = path[-1]
-        analysis = self._analysis_for(current.prefix_key)
+        analysis = self._tree.analysis_for(current.prefix_key)
         influence = self.prompt_view == "influence" and (analysis is None or analysis.influence is None)
         lens_ids = None
         if self.layer_view != "off" and self.layer_prob:
@@ -957,29 +701,23 @@ class Explorer:
             return engine.analyze(tokens, influence=influence, lens_ids=lens_ids)
 
         def apply(result: Analysis):
-            self.store.put_analysis(current.prefix_key, self._fingerprint, result)
-            self._analysis.pop(current.prefix_key, None)  # re-read: the store merges fields
+            self.store.put_analysis(current.prefix_key, self.fingerprint, result)
+            self._tree.analysis_stored(current.prefix_key)
 
         parts = (("attention influence", influence), ("layer probabilities", lens_ids))
         what = " and ".join(w for w, on in parts if on)
         return self._job(key, f"computing {what}", run, apply)
 
     def _bytes_job(self) -> Job | None:
-        ids = sorted(self._bytes_absent)
+        ids = self._tree.missing_byte_ids()
         key = ("bytes", tuple(ids))
         if not ids or key in self._failed:
             return None
         engine = self.engine
 
         def apply(pieces: dict[int, bytes]) -> None:
-            self._remember_bytes(pieces)
-            if self._bytes_absent.intersection(ids):
+            self._tree.remember_bytes(pieces)
+            if set(ids).intersection(self._tree.missing_byte_ids()):
                 self._failed.add(key)  # the tokenizer has no bytes for these: do not ask again
 
         return self._job(key, "reading token text", lambda: engine.token_bytes(ids), apply)
-
-    def _remember_bytes(self, pieces: dict[int, bytes]) -> None:
-        if pieces:
-            self.store.put_token_bytes(self.vocab_key, pieces)
-            self._bytes.update(pieces)
-            self._bytes_absent.difference_update(pieces)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import platformdirs
@@ -38,3 +39,9 @@ def user_config_path() -> Path:
 
 def saved_prompts_dir() -> Path:
     return data_dir() / "prompts"
+
+
+def safe_stem(text: str, limit: int = 40) -> str:
+    """A file name stem from text: ASCII letters, digits and '-', never empty, never a path."""
+    stem = re.sub(r"[^a-z0-9]+", "-", text[: limit * 3].lower()).strip("-")[:limit].strip("-")
+    return stem or "branch"

@@ -62,3 +62,8 @@ def show_controls(text: str) -> str:
     return "".join(
         _escape(ch) if ch not in _MARKS and unicodedata.category(ch) == "Cc" else ch for ch in text
     )
+
+
+def placeholder(token_id: int) -> str:
+    """A token's text until its bytes are known: ⟨id⟩."""
+    return f"\u27e8{token_id}\u27e9"
