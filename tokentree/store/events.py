@@ -47,22 +47,6 @@ BRANCH_RESET = "branch.reset"
 PROMPT_SAVED = "prompt.saved"
 UNDO = "undo"
 
-EVENT_TYPES = frozenset(
-    {
-        SESSION_STARTED,
-        BRANCH_CREATED,
-        TOKEN_APPENDED,
-        TOKEN_POPPED,
-        BRANCH_MOVED,
-        BRANCH_DUPLICATED,
-        BRANCH_REMOVED,
-        BRANCH_FOCUSED,
-        BRANCH_RESET,
-        PROMPT_SAVED,
-        UNDO,
-    }
-)
-
 UNDOABLE = frozenset(
     {
         BRANCH_CREATED,
@@ -75,6 +59,7 @@ UNDOABLE = frozenset(
         BRANCH_RESET,
     }
 )
+EVENT_TYPES = UNDOABLE | {SESSION_STARTED, PROMPT_SAVED, UNDO}
 
 
 @dataclass(frozen=True)

@@ -205,26 +205,9 @@ def _branch_created(conn: Connection, ev: Event, p: dict[str, Any]) -> None:
     tokens = p["root_tokens"]
     if not tokens:
         raise ProjectionError("branch.created without tokens")
-    if conn.execute(_SEL_BRANCH, {"bid": p["branch_id"]}).first() is not None:
-        raise ProjectionError(f"branch id {p['branch_id']} already used")
     chain = _chain(conn, [int(t) for t in tokens], vocab_key)
     conn.execute(_INS_SESSION_NODE, [{"session_id": sid, "node_id": nid} for nid in chain])
-    last = chain[-1]
-    _shift(conn, sid, p["position"], +1)
-    conn.execute(
-        _INS_BRANCH,
-        dict(
-            id=p["branch_id"],
-            session_id=sid,
-            name=p["name"],
-            position=p["position"],
-            node_id=last,
-            root_node_id=last,
-            source=p.get("source"),
-            removed=False,
-        ),
-    )
-    _set_focus(conn, sid, p["branch_id"])
+    _insert_branch(conn, sid, p, node_id=chain[-1], root_node_id=chain[-1], source=p.get("source"))
 
 
 def _token_appended(conn: Connection, ev: Event, p: dict[str, Any]) -> None:
@@ -253,21 +236,20 @@ def _branch_moved(conn: Connection, ev: Event, p: dict[str, Any]) -> None:
 def _branch_duplicated(conn: Connection, ev: Event, p: dict[str, Any]) -> None:
     sid = ev.session_id
     src = _branch(conn, sid, p["source_branch_id"])
+    _insert_branch(conn, sid, p, node_id=src.node_id, root_node_id=src.root_node_id, source=src.source)
+
+
+def _insert_branch(
+    conn: Connection, sid: int, p: dict[str, Any], *, node_id: int, root_node_id: int, source: str | None
+) -> None:
+    """A new live branch at p["position"] (later ones shift down), focused."""
     if conn.execute(_SEL_BRANCH, {"bid": p["branch_id"]}).first() is not None:
         raise ProjectionError(f"branch id {p['branch_id']} already used")
     _shift(conn, sid, p["position"], +1)
     conn.execute(
         _INS_BRANCH,
-        dict(
-            id=p["branch_id"],
-            session_id=sid,
-            name=p["name"],
-            position=p["position"],
-            node_id=src.node_id,
-            root_node_id=src.root_node_id,
-            source=src.source,
-            removed=False,
-        ),
+        dict(id=p["branch_id"], session_id=sid, name=p["name"], position=p["position"], node_id=node_id,
+             root_node_id=root_node_id, source=source, removed=False),
     )
     _set_focus(conn, sid, p["branch_id"])
 
