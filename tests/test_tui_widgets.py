@@ -312,3 +312,15 @@ def test_a_resumed_session_renders_the_same_screen_before_the_model_loads(tokent
         assert "(cached)" in lines(resumed)[-1]
     finally:
         store.close()
+
+
+def test_tree_pane_keeps_branch_names_visible_on_long_segments(store):
+    long_prompt = " the cat sat and the dog" * 4  # a root segment far wider than the pane
+    app = make_app(store, prompts={"cat": " the cat sat", "dog": long_prompt})
+    app.press("d", "right")
+    app.settle()
+    app.press("right")
+    app.settle()
+    app.press("w", "t")  # focus back on "dog"; "branch 3" ends two tokens further on
+    screen = "\n".join(lines(app))
+    assert "[dog*]" in screen and "[branch 3]" in screen, screen

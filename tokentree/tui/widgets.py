@@ -209,9 +209,12 @@ class TreePane(urwid.WidgetWrap):
         rows = []
         focus = 0
         for i, line in enumerate(lines):
-            markup = [("tree_line", line.indent), ("tree_current" if line.current else "tree_text", line.text)]
+            # Branch names before the text: the pane is narrow and clips long segments, and
+            # which branch ends where is what the overview is for.
+            markup = [("tree_line", line.indent)]
             if line.branches:
-                markup.append(("tree_branch", "  [" + ", ".join(line.branches) + "]"))
+                markup.append(("tree_branch", "[" + ", ".join(line.branches) + "] "))
+            markup.append(("tree_current" if line.current else "tree_text", line.text))
             if line.current:
                 focus = i
             rows.append(urwid.Text(markup, wrap="clip"))
