@@ -24,15 +24,8 @@ from tokentree.errors import StoreError
 from . import events as ev_types
 from .events import PAYLOAD_VERSION, Event, load_payload
 from .keys import prefix_key, prefix_keys
-from .schema import BranchRow, CheckpointRow, EventRow, FocusRow, NodeRow, SessionNodeRow, SessionRow
+from .schema import B, CP, E, F, N, S, SN
 
-B = BranchRow.__table__
-N = NodeRow.__table__
-S = SessionRow.__table__
-SN = SessionNodeRow.__table__
-F = FocusRow.__table__
-CP = CheckpointRow.__table__
-E = EventRow.__table__
 
 # Statements built once (building a construct per call costs more than running it).
 _SEL_SESSION = select(S).where(S.c.id == bindparam("sid"))

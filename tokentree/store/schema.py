@@ -202,3 +202,14 @@ class TokenBytesRow(Base):
     vocab_key: Mapped[str] = mapped_column(String(64), primary_key=True)
     token_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     piece: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+# Short Core-table names for the hand-built statements of the store and the projector.
+B = BranchRow.__table__
+N = NodeRow.__table__
+S = SessionRow.__table__
+SN = SessionNodeRow.__table__
+F = FocusRow.__table__
+CP = CheckpointRow.__table__
+E = EventRow.__table__
+O = NodeOutputRow.__table__  # noqa: E741

@@ -26,15 +26,9 @@ from . import cache, migrate, projector
 from . import events as ev
 from .engine import enable_wal, make_engine
 from .events import Event, dump_payload, utc_now
-from .schema import BranchRow, EventRow, FocusRow, NodeOutputRow, NodeRow, SessionNodeRow, SessionRow
+from .schema import B, E, F, N, O, S, SN
 from .types import Branch, Node, RootPrompt, SessionInfo, SessionSummary
 
-B = BranchRow.__table__
-N = NodeRow.__table__
-S = SessionRow.__table__
-SN = SessionNodeRow.__table__
-F = FocusRow.__table__
-E = EventRow.__table__
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -623,7 +617,6 @@ class Store:
         """node id -> (token_prob, token_rank, entropy, norm_entropy) for every node of the
         session with output cached under `fingerprint`: one query over the light columns,
         no top-K blobs, for exports of big trees."""
-        O = NodeOutputRow.__table__
         with self._read() as conn:
             mid = cache.model_id(conn, fingerprint, create=False)
             if mid is None:
@@ -784,7 +777,6 @@ class Reader:
     def output_probs(self, prefix_keys: Sequence[bytes], fingerprint: str) -> dict[bytes, float | None]:
         """prefix key -> the node's own token probability, for every key with an output
         cached under `fingerprint` (the light column only, no top-K blobs)."""
-        O = NodeOutputRow.__table__
         mid = cache.model_id(self._conn, fingerprint, create=False)
         out: dict[bytes, float | None] = {}
         if mid is None:
