@@ -29,3 +29,7 @@ class SessionNotFound(StoreError):
 
 class ConcurrencyError(StoreError):
     """Another writer appended to the same session first (UNIQUE(session_id, version))."""
+
+
+class StaleCommand(ConcurrencyError):
+    """A command was built from a screen older than the session: another window changed it."""
