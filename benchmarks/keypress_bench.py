@@ -109,7 +109,7 @@ def prompt_session(work: Path, length: int, presses: int) -> dict:
     from fake_engine import FakeEngine, FakeLoaded
 
     from tokentree.config import Config
-    from tokentree.explorer import Explorer
+    from tokentree.core.explorer import Explorer
     from tokentree.store import Store
 
     db = work / f"prompt-{length}.db"
@@ -138,7 +138,7 @@ def stored_tree(work: Path, nodes: int, presses: int, tree_reps: int) -> dict:
     from benchmarks.trees import MODEL_NAME, _StubEngine, build_tree, test_tokenizer_pieces
 
     from tokentree.config import Config
-    from tokentree.explorer import Explorer
+    from tokentree.core.explorer import Explorer
     from tokentree.store import Store
 
     db = work / f"tree-{nodes}.db"

@@ -140,7 +140,7 @@ def bench_model(res: Results, plan: Plan, work: Path, log) -> None:
 
     from benchmarks.models import build_model_dir, count_parameters
     from tokentree.config import Config
-    from tokentree.explorer import Explorer
+    from tokentree.core.explorer import Explorer
     from tokentree.lm.engine import Engine
     from tokentree.lm.loader import load_model
     from tokentree.store import Store

@@ -228,7 +228,7 @@ class _StubEngine:
 
 def measure_keys(store, session_id: int, config, presses: int) -> dict:
     """Key-to-data latency of pops then re-appends over cached nodes in this session."""
-    from tokentree.explorer import Explorer
+    from tokentree.core.explorer import Explorer
 
     info = store.session(session_id)
     engine = _StubEngine(info.vocab_key, info.fingerprint)
@@ -259,7 +259,7 @@ def measure_resume_export(db: str, session_id: int, *, repeats: int = 5, export_
     fresh `tokentree --resume` pays (lazy imports and first queries included)."""
     t_import = time.perf_counter()
     from tokentree.config import Config
-    from tokentree.explorer import Explorer
+    from tokentree.core.explorer import Explorer
     from tokentree.export import export_session
     from tokentree.store import Store
 

@@ -38,7 +38,6 @@ class FakeEngine:
         self.forward_passes = 0
         self.analyze_calls = 0
         self.step_analysis_calls = 0  # step_with_analysis: a step and its analysis in one pass
-        self.special_ids = frozenset(SPECIAL)
         self.gate = gate
 
     def _wait(self) -> None:

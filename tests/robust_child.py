@@ -121,7 +121,7 @@ def run_session(db: str, seed: int, mode: str, steps: int) -> None:
     """A scripted session through the same code the app runs: Store + Explorer + model jobs."""
     from fake_engine import FakeEngine
 
-    from tokentree.explorer import Explorer
+    from tokentree.core.explorer import Explorer
     from tokentree.sessions import resolve_session
     from tokentree.store import RootPrompt, Store
 
@@ -210,7 +210,7 @@ def zygote() -> int:
     # Import everything once; children are forked from here.
     import fake_engine  # noqa: F401
 
-    import tokentree.explorer  # noqa: F401
+    import tokentree.core.explorer  # noqa: F401
     import tokentree.sessions  # noqa: F401
     from tokentree.store import Store, migrate  # noqa: F401
 

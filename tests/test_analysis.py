@@ -19,10 +19,12 @@ PROMPT = "The quick brown fox jumps over the lazy dog."
 
 
 # ---------------------------------------------------------------- pure functions
-def test_entropy_of_uniform_and_one_hot():
-    assert analysis.entropy(torch.zeros(10)).item() == pytest.approx(math.log(10))
-    one_hot = torch.tensor([0.0, -1e4, -1e4])
-    assert analysis.entropy(one_hot).item() == pytest.approx(0.0, abs=1e-6)
+def test_entropy_of_uniform_one_hot_and_minus_inf():
+    uniform, one_hot, masked = torch.zeros(10), torch.tensor([0.0, -1e4, -1e4]), torch.tensor([0.0, 0.0, -math.inf])
+    assert analysis.distributions(uniform[None], k=1)[0].entropy == pytest.approx(math.log(10))
+    assert analysis.distributions(one_hot[None], k=1)[0].entropy == pytest.approx(0.0, abs=1e-6)
+    # A -inf logit (0 * -inf) must count as 0, not turn the entropy into nan.
+    assert analysis.distributions(masked[None], k=1)[0].entropy == pytest.approx(math.log(2))
 
 
 def test_distributions_top_k_and_normalized_entropy():
@@ -42,7 +44,7 @@ def test_token_rank_counts_strictly_greater():
     assert analysis.token_prob_rank(logits, 0) == (pytest.approx(0.4), 1)
     assert analysis.token_prob_rank(logits, 2)[1] == 2  # a tie shares the better rank
     assert analysis.token_prob_rank(logits, 4)[1] == 4
-    probs, ranks = analysis.tokens_prob_rank(torch.stack([logits, logits]), torch.tensor([1, 3]))
+    _, probs, ranks = analysis.summarize(torch.stack([logits, logits]), 2, torch.tensor([1, 3]))
     assert ranks == [2, 4] and probs == pytest.approx([0.2, 0.1])
 
 

@@ -30,11 +30,24 @@ def test_python_dash_m_runs_the_same_cli():
     assert result.returncode == 0 and result.stdout.strip() == f"tokentree {__version__}"
 
 
-def test_db_path_honours_home_and_flag(capsys, tokentree_home, tmp_path):
+def test_db_path_honours_home_and_flag(capsys, tokentree_home, tmp_path, monkeypatch):
     assert main(["db", "path"]) == 0
     assert capsys.readouterr().out.strip() == str(tokentree_home / "tokentree.db")
     assert main(["db", "path", "--db", str(tmp_path / "x.db")]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "x.db")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert main(["db", "path", "--db", "~/y.db"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "y.db")
+
+
+def test_the_explorer_opens_the_db_the_flag_names(capsys, tokentree_home, tmp_path):
+    """The launcher resolves --db the same way (checked before any model loads)."""
+    assert main(["--resume", "1"]) == 2
+    assert f"{tokentree_home / 'tokentree.db'} does not exist yet" in capsys.readouterr().err
+    missing = tmp_path / "none.db"
+    assert main(["--resume", "1", "--db", str(missing)]) == 2
+    assert f"no sessions to resume: {missing} does not exist yet" in capsys.readouterr().err
+    assert not missing.exists()
 
 
 @pytest.mark.parametrize(

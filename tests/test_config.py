@@ -1,3 +1,5 @@
+import tomllib
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -8,13 +10,23 @@ from tokentree.errors import ConfigError
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_shipped_config_matches_defaults():
-    shipped = load_config(REPO / "config.toml")
-    assert shipped.model.name == "Qwen/Qwen2.5-0.5B"
-    assert shipped.display.tokens_to_show == 30
-    assert shipped.display.cache_size == 100
-    assert shipped.prompt.example_prompt == "prompts/gsm8k.txt"
-    assert (shipped.model, shipped.display, shipped.prompt) == (Config().model, Config().display, Config().prompt)
+def test_shipped_config_sets_every_setting_to_its_default():
+    """config.toml documents every setting with its built-in default. Checked setting by
+    setting against the dataclasses (no default is copied here), so a new setting config.toml
+    lacks, a changed default it still has the old value of, or a stray key, all fail."""
+    path = REPO / "config.toml"
+    raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    defaults = Config()
+    sections = {f.name: getattr(defaults, f.name) for f in fields(Config)
+                if is_dataclass(getattr(defaults, f.name))}
+    assert set(raw) == {*sections, "keys"}
+    for section, values in sections.items():
+        expected = {f.name: getattr(values, f.name) for f in fields(values)}
+        assert raw[section] == expected, section
+    assert raw["keys"] == {}  # every key binding stays the registry's default
+    shipped = load_config(path)
+    assert shipped.source == path
+    assert replace(shipped, source=None) == defaults
 
 
 def test_top_k_is_at_least_64():

@@ -144,7 +144,7 @@ def _build_seed(db: Path) -> None:
     from fake_engine import FakeEngine, new_session
     from robust_child import PROMPTS, SCRIPT, _apply, _config
 
-    from tokentree.explorer import Explorer
+    from tokentree.core.explorer import Explorer
 
     engine = FakeEngine()
     store = Store.open(db)

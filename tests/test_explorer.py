@@ -9,9 +9,9 @@ import pytest
 
 from fake_engine import FakeEngine, FakeLoaded, new_session
 from tokentree.config import Config, DisplayConfig
-from tokentree.errors import ModelLoadError
-from tokentree.explorer import Explorer, safe_stem
-from tokentree.paths import default_db_path, saved_prompts_dir
+from tokentree.core.explorer import Explorer
+from tokentree.errors import ModelLoadError, StaleCommand
+from tokentree.paths import default_db_path, safe_stem, saved_prompts_dir
 from tokentree.store import Store
 
 CONFIG = Config(display=DisplayConfig(tokens_to_show=5))
@@ -430,3 +430,36 @@ def test_tree_lines_after_changes_equal_a_fresh_explorers(store, engine):
         fresh = Explorer(store, ex.session_id, config=CONFIG, model_name=engine.loaded.name)
         fresh.attach_engine(engine)
         assert lines == fresh.snapshot(with_tree=True).tree
+
+
+def test_a_command_from_a_stale_screen_is_refused(store, engine):
+    """Two windows on one session file: what one window shows is what its keys act on.
+    When the other window changed the session since, the command is refused (nothing is
+    written) and the next screen shows the new state, from which commands work again."""
+    ex = explorer_for(store, engine, {"cat": " the cat"})
+    with Store.open(store.path) as other_store:
+        other = Explorer(other_store, ex.session_id, config=CONFIG, model_name=engine.loaded.name)
+        other.attach_engine(engine)
+        mine = ex.snapshot()
+        theirs = other.snapshot()
+        assert mine.version == theirs.version
+        other.cursor(2)
+        other.append()  # the other window moves the branch on
+        other.run_jobs_inline()
+        before = store.events(ex.session_id)
+        with pytest.raises(StaleCommand, match="another window"):
+            ex.append()  # built from a screen that no longer shows the session
+        assert store.events(ex.session_id) == before  # nothing written
+        snap = ex.snapshot()  # the refresh shows the other window's change
+        assert snap.version == mine.version + 1
+        assert snap.prompt[-1].token_id == theirs.candidates[2].token_id
+        ex.append()  # now built from the screen the user sees
+        node = store.node(store.branches(ex.session_id)[0].node_id)
+        assert node.token_id == ex.snapshot().prompt[-1].token_id
+        assert store.events(ex.session_id)[-1].version == snap.version + 1
+        with pytest.raises(StaleCommand):
+            other.pop()  # and the other way round: its screen is stale now
+        assert store.events(ex.session_id)[-1].version == snap.version + 1
+        other.snapshot()
+        other.pop()
+        assert store.events(ex.session_id)[-1].type == "token.popped"

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from fake_engine import FakeEngine, new_session
 from tokentree.config import Config, DisplayConfig
 from tokentree.errors import TokentreeError
-from tokentree.explorer import Explorer
+from tokentree.core.explorer import Explorer
 from tokentree.store import Store, maintenance
 from tokentree.store import events as ev
 

@@ -408,3 +408,30 @@ def test_json_never_writes_nan_or_infinity():
     assert "NaN" not in out and "Infinity" not in out
     node = json.loads(out)["nodes"][1]
     assert node["prob"] is None and node["entropy"] is None and node["top"][0]["prob"] is None
+
+
+def test_unknown_bytes_and_control_codes_show_as_on_screen_in_every_format():
+    """The placeholder ⟨id⟩ for a token whose bytes are unknown, \\xNN for control codes and
+    for bytes that never form a character (never U+FFFD), in every format."""
+    nodes = (
+        ExportNode(1, None, 1, 1, b"a\x1b", None, None, None, None),
+        ExportNode(2, 1, 2, 2, None, 0.5, 1, 1.0, 0.1, (2, 3), (0.5, 0.25)),
+        ExportNode(3, 2, 3, 3, "\u009b".encode() + b"\xc3", 0.25, 2, 1.0, 0.1, (3,), (0.25,)),
+    )
+    branch = ExportBranch(1, "b", 0, True, 3, 1, (1, 2, 3), (1, 2, 3))
+    tree = ExportTree({"id": 1, "created_at": None, "last_used_at": None, "model_name": "m", "prompt_sources": []},
+                      {"name": "m", "fingerprint": "f", "vocab_key": "v"}, (branch,), nodes,
+                      {1: b"a\x1b", 3: nodes[2].piece})
+    text = render_text(tree)
+    assert "a\\x1b  logp=" in text and "\u27e82\u27e9\\x9b\\xc3  p=0.500" in text
+    assert '"\u27e82\u27e9\\x9b\\xc3"' in render_text(tree, ascii=True)
+    assert "\u27e82\u27e9\\\\x9b\\\\xc3" in render_dot(tree)
+    md = render_markdown(tree)
+    assert "```text\na\\x1b\u27e82\u27e9\\x9b\\xc3\n```" in md and "| 2 | `\u27e82\u27e9` | 2 |" in md
+    doc = json.loads(render_json(tree))
+    assert doc["branches"][0]["text"] == "a\x1b\u27e82\u27e9\u009b\\xc3"  # JSON escapes controls itself
+    assert [n["text"] for n in doc["nodes"]] == ["a\x1b", "\u27e82\u27e9", "\u009b\\xc3"]
+    assert doc["nodes"][1]["top"][0]["text"] == "\u27e82\u27e9"
+    for out in (text, render_dot(tree), md):
+        assert "\x1b" not in out and "\u009b" not in out
+    assert "\ufffd" not in text + md + render_json(tree)

@@ -53,7 +53,7 @@ def test_table_newest_first_with_all_columns():
     assert lines[0].split() == ["ID", "CREATED", "LAST", "USED", "MODEL", "BRANCHES", "NODES", "PROMPT"]
     assert [line.split()[0] for line in lines[1:]] == ["2", "3", "1"]
     assert lines[1].split()[:7] == ["2", "2024-05-02", "10:00", "2024-05-03", "11:15", "gpt2", "1"]
-    assert "Hello world" in lines[1]
+    assert "Hello\u21e5world" in lines[1]  # shown as the tree pane shows text
     assert lines[3].split()[1:5] == ["2024-05-01", "09:00", "2024-05-01", "09:30"]
     assert "Qwen/Qwen2.5-0.5B" in lines[3] and "Janet's ducks lay 16 eggs" in lines[3]
     assert "50" in lines[2].split() and "100000" in lines[2].split()
@@ -108,3 +108,9 @@ def test_with_real_store_summaries(tmp_path):
     lines = format_sessions(summaries).splitlines()
     assert [line.split()[0] for line in lines[1:]] == [str(first), str(second)]
     assert lines[1].endswith("Hello world")
+
+
+def test_prompt_line_never_sends_control_codes_to_the_terminal():
+    s = summaries()[1]
+    line = format_sessions([Summary(**{**s.__dict__, "first_line": "\x1b[2Jwipe\x9b"})]).splitlines()[1]
+    assert line.endswith("\\x1b[2Jwipe\\x9b") and "\x1b" not in line

@@ -15,7 +15,7 @@ from sqlalchemy import inspect
 from tokentree.errors import StoreError
 from tokentree.resources import resource_path
 from tokentree.store import Store, migrate
-from tokentree.store.schema import NAMING_CONVENTION, Base
+from tokentree.store.schema import Base
 
 
 def _fingerprint(path):
@@ -37,23 +37,61 @@ def test_single_head():
     assert migrate.SCHEMA_HEAD == script.get_current_head()  # the no-alembic fast path is current
 
 
-def test_env_uses_the_passed_connection_and_batch_mode():
-    text = (resource_path("migrations") / "env.py").read_text()
-    assert 'config.attributes.get("connection")' in text
-    assert "render_as_batch=True" in text
+def test_migrations_run_on_the_callers_connection_and_transaction_in_batch_mode(tmp_path, monkeypatch):
+    """env.py configures Alembic with the connection it is given (so a migration joins the
+    caller's transaction) and render_as_batch (ALTERs on SQLite need table rebuilds)."""
+    seen = []
+    run_migrations = MigrationContext.run_migrations
+
+    def spy(self, **kw):
+        seen.append((self.connection, self.opts.get("render_as_batch")))
+        return run_migrations(self, **kw)
+
+    monkeypatch.setattr(MigrationContext, "run_migrations", spy)
+    store = Store.open(tmp_path / "t.db")
+    try:
+        with store.write_transaction(commit=False) as conn:  # always rolled back
+            command.downgrade(migrate.alembic_config(conn), "base")
+            assert set(inspect(conn).get_table_names()) <= {"alembic_version"}
+            assert seen[-1] == (conn, True)
+        with store.read_transaction() as conn:  # the rollback undid the downgrade
+            assert migrate.current_revisions(conn) == (migrate.head_revision(),)
+            assert set(Base.metadata.tables) <= set(inspect(conn).get_table_names())
+    finally:
+        store.close()
+    assert len(seen) == 2 and all(batch is True for _conn, batch in seen)  # open's upgrade too
 
 
-def test_metadata_has_a_naming_convention():
-    assert Base.metadata.naming_convention["uq"] == NAMING_CONVENTION["uq"]
-    for table in Base.metadata.tables.values():
-        for constraint in table.constraints:
-            assert constraint.name, f"unnamed constraint on {table.name}"
+def _named(constraints: dict[str, list[str | None]]) -> set[tuple[str, str | None]]:
+    return {(table, name) for table, names in constraints.items() for name in names}
+
+
+def test_migrated_constraints_carry_the_naming_convention(tmp_path):
+    """Every constraint of the migrated schema has the name the metadata's naming convention
+    gives it (a later batch migration can then drop or alter it by name)."""
+    expected = {t.name: [c.name for c in t.constraints] for t in Base.metadata.tables.values()}
+    store = Store.open(tmp_path / "t.db")
+    try:
+        with store.read_transaction() as conn:
+            insp = inspect(conn)
+            found = {}
+            for name in Base.metadata.tables:
+                found[name] = [insp.get_pk_constraint(name)["name"]]
+                found[name] += [c["name"] for c in insp.get_unique_constraints(name)]
+                found[name] += [c["name"] for c in insp.get_foreign_keys(name)]
+                found[name] += [c["name"] for c in insp.get_check_constraints(name)]
+    finally:
+        store.close()
+    assert all(name for _table, name in _named(expected)), "an unnamed constraint in the metadata"
+    assert _named(found) == _named(expected)
+    wanted = {("nodes", "uq_nodes_parent_id_token_id"), ("nodes", "fk_nodes_parent_id_nodes")}
+    assert wanted | {("events", "ck_events_version_positive")} <= _named(found)
 
 
 def test_empty_database_migrates_to_head_and_matches_the_orm(tmp_path):
     store = Store.open(tmp_path / "t.db")
     try:
-        with store._read() as conn:
+        with store.read_transaction() as conn:
             assert migrate.current_revisions(conn) == (migrate.head_revision(),)
             ctx = MigrationContext.configure(conn, opts={"compare_type": True})
             diff = compare_metadata(ctx, Base.metadata)
@@ -70,7 +108,7 @@ def test_empty_database_migrates_to_head_and_matches_the_orm(tmp_path):
 def test_downgrade_to_base_and_upgrade_again(tmp_path):
     store = Store.open(tmp_path / "t.db")
     try:
-        with store._write() as conn:
+        with store.write_transaction() as conn:
             command.downgrade(migrate.alembic_config(conn), "base")
             names = set(inspect(conn).get_table_names())
             assert names <= {"alembic_version"}

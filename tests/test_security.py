@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from fake_engine import FakeEngine, new_session
 from tokentree.cli import build_app_parser, main
 from tokentree.config import Config, DisplayConfig
-from tokentree.explorer import Explorer, safe_stem
+from tokentree.core.explorer import Explorer
+from tokentree.paths import safe_stem
 from tokentree.paths import default_db_path, log_path, saved_prompts_dir
 from tokentree.store import Store
 

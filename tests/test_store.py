@@ -240,7 +240,7 @@ def test_events_are_append_only(store):
     finally:
         raw.close()
     with pytest.raises(StoreError, match="append-only"):
-        with store._write() as conn:
+        with store.write_transaction() as conn:
             conn.execute(text("DELETE FROM events WHERE seq = 1"))
     assert len(store.events(sid)) == 2
 
@@ -334,7 +334,7 @@ def test_outputs_round_trip_and_one_transaction(store):
     items = [(k, _output(64, i)) for i, k in enumerate(keys)]
     items[0] = (keys[0], _output(64, 0, token_prob=None, token_rank=None))
     commits = []
-    sa_event.listen(store._engine, "commit", lambda conn: commits.append(1))
+    sa_event.listen(store.engine, "commit", lambda conn: commits.append(1))
     store.put_outputs(items, "fp")
     assert len(commits) == 1  # a whole prefill in ONE transaction
     got = store.get_outputs(keys + [b"\0" * 16], "fp")
@@ -390,7 +390,7 @@ def test_token_bytes_insert_or_ignore(store):
 def test_cache_rows_are_compact(store):
     key = prefix_key(None, 1, "v")
     store.put_outputs([(key, _output(64, 1))], "fp")
-    with store._read() as conn:
+    with store.read_transaction() as conn:
         row = conn.execute(text("SELECT length(top_ids), length(top_probs) FROM node_outputs")).one()
     assert tuple(row) == (256, 256)
 
@@ -416,10 +416,10 @@ def test_rebuild_reproduces_projections_and_keeps_the_cache(store):
     _busy_session(store)
     key = prefix_key(None, 1, "vocab-a")
     store.put_outputs([(key, _output(64, 1))], "fp")
-    with store._read() as conn:
+    with store.read_transaction() as conn:
         before = maintenance.snapshot(conn)
     assert maintenance.rebuild(store) == len(store.events(1)) + len(store.events(2))
-    with store._read() as conn:
+    with store.read_transaction() as conn:
         assert maintenance.snapshot(conn) == before
     assert key in store.get_outputs([key], "fp")
     assert maintenance.check(store) == []
@@ -427,7 +427,7 @@ def test_rebuild_reproduces_projections_and_keeps_the_cache(store):
 
 def test_check_detects_a_tampered_projection(store):
     sid = _busy_session(store)
-    with store._write() as conn:
+    with store.write_transaction() as conn:
         conn.execute(text("UPDATE branches SET name = 'tampered' WHERE session_id = :s"), {"s": sid})
     problems = maintenance.check(store)
     assert any("branches" in p for p in problems)
@@ -535,10 +535,10 @@ def test_directory_instead_of_file(tmp_path):
 def test_full_disk_is_one_clear_error_and_loses_nothing(store):
     sid = new_session(store)
     store.create_branch(sid, [1, 2])
-    with store._read() as conn:
+    with store.read_transaction() as conn:
         pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
-    store._engine.dispose()  # new connections get the cap below: "the disk" is full now
-    sa_event.listen(store._engine, "connect", lambda dbapi, _rec: dbapi.execute(f"PRAGMA max_page_count = {pages + 1}"))
+    store.engine.dispose()  # new connections get the cap below: "the disk" is full now
+    sa_event.listen(store.engine, "connect", lambda dbapi, _rec: dbapi.execute(f"PRAGMA max_page_count = {pages + 1}"))
     keys = prefix_keys(list(range(300)), "vocab-a")
     with pytest.raises(StoreError, match="disk is full") as info:
         store.put_outputs([(k, _output(64, i)) for i, k in enumerate(keys)], "fp")
@@ -548,12 +548,12 @@ def test_full_disk_is_one_clear_error_and_loses_nothing(store):
 
 
 def test_reader_batches_reads_in_one_transaction(store):
-    """Store.reading(): the batched reads agree with the one-at-a-time Store reads, and they
-    all run in ONE read transaction."""
+    """Store.reading(): the batched reads give the right nodes, and they all run in ONE read
+    transaction."""
     sid = new_session(store)
     b1 = store.create_branch(sid, [1, 2, 3])
     x = store.append_token(sid, b1, 9)
-    store.create_branch(sid, [1, 2, 4, 5])
+    b2 = store.create_branch(sid, [1, 2, 4, 5])
     s2 = new_session(store)
     store.create_branch(s2, [1, 2, 3, 7])  # another session grows the same tree
     path = store.path_nodes(x)
@@ -562,10 +562,10 @@ def test_reader_batches_reads_in_one_transaction(store):
     store.put_token_bytes("vocab-a", {1: b"a"})
     other = store.branches(sid)[1].node_id
     begins = []
-    sa_event.listen(store._engine, "begin", lambda conn: begins.append(1))
+    sa_event.listen(store.engine, "begin", lambda conn: begins.append(1))
     with store.reading() as r:
         got = dict(
-            branches=r.branches(sid), seq=r.session_seq(sid), top=r.max_node_id(),
+            branches=r.branches(sid), seq=r.session_seq(sid), version=r.session_version(sid), top=r.max_node_id(),
             after=r.nodes_after(x, 10), after_few=r.nodes_after(x, 1),
             nodes=r.nodes([x, path[0].id, 10**9]), union=r.paths([x, other, 10**9]),
             kids=r.children([path[1].id, x, 10**9]), links=dict(r.subtree_links([path[1].id])),
@@ -577,16 +577,18 @@ def test_reader_batches_reads_in_one_transaction(store):
         with pytest.raises(SessionNotFound):
             r.session_seq(10**6)
     assert len(begins) == 1  # all of it in ONE read transaction
-    assert got["branches"] == store.branches(sid)
-    assert got["seq"] == store.events(sid)[-1].seq
+    assert [(b.id, b.node_id, b.focused) for b in got["branches"]] == [(b1, x, False), (b2, other, True)]
+    assert got["seq"] == store.events(sid)[-1].seq and got["version"] == 4
     top = got["top"]
     assert top == max(n.id for n in store.session_nodes(s2) + store.session_nodes(sid))
     assert [n.id for n in got["after"]] == list(range(x + 1, top + 1)) and got["after_few"] is None
     with store.reading() as r:
         assert r.nodes_after(top, 5) == []
-    assert got["nodes"] == {x: store.node(x), path[0].id: store.node(path[0].id)}
-    assert set(got["union"].values()) == set(store.path_nodes(x)) | set(store.path_nodes(other))
-    assert got["kids"] == {path[1].id: store.children(path[1].id), x: [], 10**9: []}
+    assert {i: (n.token_id, n.depth) for i, n in got["nodes"].items()} == {x: (9, 4), path[0].id: (1, 1)}
+    union = sorted((n.depth, n.token_id) for n in got["union"].values())
+    assert union == [(1, 1), (2, 2), (3, 3), (3, 4), (4, 5), (4, 9)]
+    assert [c.token_id for c in got["kids"][path[1].id]] == [3, 4]  # whole table, oldest first
+    assert got["kids"][x] == [] and got["kids"][10**9] == []
     links = got["links"]
     below = {n.id for s in (sid, s2) for n in store.session_nodes(s) if n.depth > 2}
     assert set(links) == {path[1].id} | below
@@ -595,5 +597,5 @@ def test_reader_batches_reads_in_one_transaction(store):
     assert got["count"] == len(store.session_nodes(sid))
     assert got["tree"] == [(n.id, n.parent_id, n.token_id) for n in store.session_nodes(sid)]
     assert got["probs"] == {keys[1]: _output(8, 1).token_prob, keys[2]: None} and got["no_probs"] == {}
-    assert got["outputs"] == store.get_outputs(keys, "fp")
+    assert set(got["outputs"]) == {keys[1], keys[2]} and got["outputs"][keys[2]].token_prob is None
     assert got["analysis"] is None and got["pieces"] == {1: b"a"}

@@ -187,10 +187,10 @@ def _run(actions) -> None:
 
         for k in (0, 1):
             assert _strip_ids(_observe(store, sids[k])) == models[k].view()
-        with store._read() as conn:
+        with store.read_transaction() as conn:
             incremental = maintenance.snapshot(conn)
         maintenance.rebuild(store)
-        with store._read() as conn:
+        with store.read_transaction() as conn:
             assert maintenance.snapshot(conn) == incremental
 
         # Walk every session all the way back: each undo must land exactly on the state from

@@ -30,7 +30,7 @@ SITECUSTOMIZE = '''
 import os
 _name = os.environ.get("TOKENTREE_TEST_RAISE_IN")
 if _name:
-    import tokentree.explorer as _explorer
+    import tokentree.core.explorer as _explorer
 
     def _boom(self, *args, **kwargs):
         raise RuntimeError("injected failure in " + _name)

@@ -1,4 +1,4 @@
-"""Display helpers (pure) and the id -> bytes mapping they are fed with."""
+"""tokentree.tree.text (how token bytes become visible text) and the id -> bytes mapping it is fed with."""
 
 from __future__ import annotations
 
@@ -6,8 +6,17 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from tokentree.lm.tokens import TokenBytes, special_ids, tokenizer_style
-from tokentree.text import prompt_pieces, visible
+from tokentree.lm.tokens import TokenBytes, tokenizer_style
+from tokentree.tree.text import (
+    SegmentDecoder,
+    join_pieces,
+    label,
+    one_line,
+    placeholder,
+    show_controls,
+    shorten,
+    visible,
+)
 
 
 @pytest.mark.parametrize(
@@ -27,6 +36,9 @@ from tokentree.text import prompt_pieces, visible
         (b"\xe6\x97", "\\xe6\\x97"),
         (b" \xe6", "\u00b7\\xe6"),
         (b"", ""),
+        ("\u0085\u009b".encode(), "\\x85\\x9b"),  # C1 controls too (0x9b is a terminal's CSI)
+        ("a\u2028b".encode(), "a\\u2028b"),  # the line separator, as Python's repr writes it
+        (b"\\xe6", "\\xe6"),  # a real backslash is not escaped again
     ],
 )
 def test_visible(piece, shown):
@@ -34,15 +46,42 @@ def test_visible(piece, shown):
     assert "\ufffd" not in visible(piece)
 
 
-def test_prompt_pieces_joins_a_split_character_on_its_last_token():
-    pieces = [b"a", b"\xe6", b"\x97", b"\xa5", b"\xe6\x9c", b"\xac", b" b"]
-    assert prompt_pieces(pieces) == ["a", "", "", "\u65e5", "", "\u672c", " b"]
-    assert prompt_pieces([]) == []
-    # An unfinished character at the end, an invalid byte or a control code shows as escapes,
-    # never as U+FFFD noise or an invisible character.
-    assert prompt_pieces([b"x", b"\xe6\x97"]) == ["x", "\\xe6\\x97"]
-    assert prompt_pieces([b"\xff", b"y"]) == ["\\xff", "y"]
-    assert prompt_pieces([b"72", b"\x17", b"a\n\tb"]) == ["72", "\\x17", "a\n\tb"]
+def test_placeholder_is_one_look():
+    assert placeholder(7) == "\u27e87\u27e9"
+
+
+def test_show_controls_keeps_line_breaks_and_escapes_the_rest():
+    assert show_controls("a\n\tb") == "a\n\tb"
+    assert show_controls("\x1b[31m\r\n") == "\\x1b[31m\\x0d\n"
+    assert one_line("a\n\tb\x1b c") == "a\u23ce\u21e5b\\x1b c"
+
+
+def test_join_pieces_joins_a_split_character_and_escapes_what_never_forms_one():
+    pieces = {1: b"a", 2: b"\xe6", 3: b"\x97", 4: b"\xa5", 5: b" b", 6: b"\xff", 7: b"\x17\n"}
+    assert join_pieces([1, 2, 3, 4, 5], pieces) == "a\u65e5 b"
+    assert join_pieces([], pieces) == ""
+    # an unfinished character at the end, an invalid byte or a control code shows as escapes,
+    # never as U+FFFD noise or an invisible character
+    assert join_pieces([1, 2, 3], pieces) == "a\\xe6\\x97"
+    assert join_pieces([6, 7], pieces) == "\\xff\\x17\n"
+    # unknown bytes show as the placeholder, which also ends the character before it
+    assert join_pieces([2, 99, 3, 4], pieces) == "\\xe6\u27e899\u27e9\\x97\\xa5"
+
+
+def test_segment_decoder_shows_a_character_split_at_a_fork_whole_below_it():
+    decode = SegmentDecoder()
+    text, carry = decode(b"ab\xc3", b"", leaf=False)
+    assert (text, carry) == ("ab", b"\xc3")
+    assert decode(b"\xa9!", carry, leaf=True) == ("\u00e9!", b"")
+    assert label(decode(b"", carry, leaf=True)[0]) == "\\xc3"  # nothing below: the lone byte
+    assert label(" a\n\t\x9b") == "\u00b7a\u23ce\u21e5\\x9b"
+    assert label('"a\\\n\x9b', quoted=True) == '"\\"a\\\\\\n\\x9b"'
+
+
+def test_shorten():
+    assert shorten("abcdef", 6) == "abcdef"
+    assert shorten("abcdef", 4) == "abc\u2026"
+    assert shorten("abcdef", 4, keep_end=True) == "\u2026def"
 
 
 @pytest.fixture(scope="module", params=["qwen2", "gpt2", "llama"])
@@ -54,9 +93,7 @@ def test_tiny_tokenizer_splits_japanese_into_byte_tokens(tokenizer):
     ids = tokenizer.encode("\u65e5\u672c", add_special_tokens=False)
     pieces = TokenBytes(tokenizer)(ids)
     assert len(ids) > 2 and any(visible(pieces[i]).startswith("\\x") for i in ids)
-    shown = prompt_pieces([pieces[i] for i in ids])
-    assert "".join(shown) == "\u65e5\u672c"
-    assert [s for s in shown if s] == ["\u65e5", "\u672c"]  # each character whole, on one token
+    assert join_pieces(ids, pieces) == "\u65e5\u672c"
 
 
 @pytest.mark.parametrize(
@@ -71,14 +108,13 @@ def test_tiny_tokenizer_splits_japanese_into_byte_tokens(tokenizer):
 def test_pieces_concatenate_to_the_tokenizers_decode(tokenizer, text):
     ids = tokenizer.encode(text)
     pieces = TokenBytes(tokenizer)(ids)
-    shown = prompt_pieces([pieces[i] for i in ids])
-    assert len(shown) == len(ids)
-    assert "".join(shown) == tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+    assert set(pieces) == set(ids)
+    assert join_pieces(ids, pieces) == tokenizer.decode(ids, clean_up_tokenization_spaces=False)
 
 
 def test_special_tokens_are_their_names(tokenizer):
     assert tokenizer_style(tokenizer) == "bytelevel"
-    specials = special_ids(tokenizer)
+    specials = set(tokenizer.all_special_ids)
     assert tokenizer.eos_token_id in specials
     pieces = TokenBytes(tokenizer)(sorted(specials))
     assert pieces[tokenizer.eos_token_id] == b"<|endoftext|>"
@@ -99,4 +135,4 @@ def test_sentencepiece_style_byte_fallback():
     ids = fast.encode("a \u65e5\n", add_special_tokens=False)
     pieces = TokenBytes(fast)(ids)
     assert pieces[6] == b" a" and pieces[1] == b"\xe6" and pieces[7] == b"\n"
-    assert "".join(prompt_pieces([pieces[i] for i in ids])) == " a \u65e5\n"
+    assert join_pieces(ids, pieces) == " a \u65e5\n"

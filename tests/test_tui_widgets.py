@@ -3,6 +3,7 @@ AND on the colours (attributes) of the canvas."""
 
 from __future__ import annotations
 
+import inspect
 import threading
 
 import pytest
@@ -11,13 +12,14 @@ import urwid
 from fake_engine import FakeEngine, new_session
 from tokentree.config import Config, DisplayConfig, parse_config
 from tokentree.errors import ConfigError
-from tokentree.explorer import Explorer
+from tokentree.core.explorer import Explorer
 from tokentree.paths import default_db_path
 from tokentree.store import Store
 from tokentree.tui.app import ExplorerApp
-from tokentree.tui.keymap import build_keymap, normalize_key
+from tokentree.commands import COMMANDS, EXPLORER, GLOBAL, TEXT, Command
+from tokentree.tui.keymap import Keymap, build_keymap, normalize_key
 from tokentree.tui.palette import build_palette
-from tokentree.worker import InlineWorker, Worker
+from tokentree.core.worker import InlineWorker, Worker
 
 SIZE = (100, 30)
 CONFIG = Config(display=DisplayConfig(tokens_to_show=6))
@@ -208,6 +210,74 @@ def test_help_overlay_is_generated_from_the_keymap(store):
     assert "   1 " in selected_line(app)
 
 
+def test_help_overlay_lists_every_command_with_its_current_keys(store):
+    config = parse_config({"display": {"tokens_to_show": 6}, "keys": {"walk_forward": "ctrl+w"}})
+    app = make_app(store, config=config)
+    app.press("?")
+    big = [row.decode() for row in app.render((200, 60)).text]  # room for every row unwrapped
+    screen = "\n".join(big)
+    for command in COMMANDS:
+        assert f"{command.name}: {command.help}" in screen
+    row = next(line for line in big if "walk_forward:" in line)
+    assert "ctrl+w" in row and "shift+right" not in row
+
+
+def test_global_commands_work_over_the_help(store):
+    app = make_app(store)
+    app.press("?", "?")  # help closes it
+    assert not app.show_help
+    app.press("?")
+    with pytest.raises(urwid.ExitMainLoop):
+        app.press("ctrl q")
+
+
+def test_every_registry_command_resolves_to_a_handler(store):
+    """Each declaration names a real method of the Explorer or the ExplorerApp, callable
+    with its fixed arguments (a typo'd method name or a wrong argument count fails here)."""
+    app = make_app(store)
+    assert isinstance(app.explorer, Explorer) and tuple(app.keymap.commands.values()) == COMMANDS
+    targets = {"explorer": app.explorer, "app": app}
+    for command in COMMANDS:
+        method = getattr(targets[command.target], command.method, None)
+        assert callable(method), f"{command.name}: no {command.target}.{command.method}"
+        inspect.signature(method).bind(*command.args)  # TypeError if the arguments do not fit
+        assert callable(app.handler(command.name))
+
+
+def test_a_misnamed_handler_fails_when_the_app_is_built(store):
+    engine = FakeEngine()
+    sid = new_session(store, engine, {"cat": " the cat"})
+    ex = Explorer(store, sid, config=CONFIG, model_name=engine.loaded.name)
+    typo = Command("jump", ("z",), "jump", target="explorer", method="jmup")
+    with pytest.raises(AttributeError, match="jmup"):
+        ExplorerApp(ex, Keymap(COMMANDS + (typo,)), worker=InlineWorker())
+
+
+def test_text_context_lets_letters_type():
+    """In a text field only text commands and the ctrl-keys of global commands run;
+    a printable key is never a command there (the field types it)."""
+    keymap = Keymap((
+        Command("quit", ("ctrl q",), "quit", target="app", method="quit", context=GLOBAL),
+        Command("help", ("?", "f1"), "help", target="app", method="toggle_help", context=GLOBAL),
+        Command("append", ("right", "l"), "append", target="explorer", method="append"),
+        Command("submit", ("enter",), "submit", target="app", method="submit", context=TEXT),
+        Command("word_left", ("meta b",), "word left", target="app", method="word_left", context=TEXT),
+        Command("typed", ("x",), "never", target="app", method="typed", context=TEXT),
+    ))
+    assert keymap.command_for("ctrl q", TEXT) == "quit"
+    assert keymap.command_for("enter", TEXT) == "submit"
+    assert keymap.command_for("meta b", TEXT) == "word_left"
+    for key in ("?", "l", "x", " ", "\u00e9"):  # printable: the field takes it
+        assert keymap.command_for(key, TEXT) is None, key
+    assert keymap.command_for("f1", TEXT) is None  # global, but not a ctrl-key
+    assert keymap.command_for("right", TEXT) is None  # an explorer command
+    # The same keys on the main screen: explorer and global commands, no text commands.
+    assert [keymap.command_for(k, EXPLORER) for k in ("ctrl q", "?", "f1", "l", "enter", "x")] == [
+        "quit", "help", "help", "append", None, None]
+    # Over the help: global commands only.
+    assert [keymap.command_for(k, GLOBAL) for k in ("ctrl q", "?", "l", "enter")] == ["quit", "help", None, None]
+
+
 def test_ctrl_q_quits(store):
     app = make_app(store)
     with pytest.raises(urwid.ExitMainLoop):
@@ -275,13 +345,13 @@ def test_model_work_never_blocks_the_ui(store):
 
 
 def test_worker_applies_results_on_the_calling_thread():
-    from tokentree.jobs import Job
+    from tokentree.core.worker import Task
 
     seen = {}
     done = threading.Event()
     worker = Worker(notify=done.set)
-    job = Job("t", ("t",), run=lambda: threading.get_ident(),
-              finish=lambda ident: seen.update(run=ident, finish=threading.get_ident()), fail=None)
+    job = Task("t", run=lambda: threading.get_ident(),
+               finish=lambda ident: seen.update(run=ident, finish=threading.get_ident()), fail=None)
     worker.submit(job)
     assert done.wait(5)
     assert worker.deliver() == 1

@@ -17,7 +17,6 @@ from tokentree import __version__
 from tokentree.errors import TokentreeError
 
 SUBCOMMANDS = ("sessions", "export", "db")
-EXPORT_FORMATS = ("text", "json", "dot", "markdown")
 
 
 def build_app_parser() -> argparse.ArgumentParser:
@@ -48,6 +47,8 @@ def _add_common(parser: argparse.ArgumentParser, *, config: bool = False) -> Non
 
 
 def build_sub_parser() -> argparse.ArgumentParser:
+    from tokentree.export import FORMATS  # here, not at the top: the app's start-up never needs it
+
     parser = argparse.ArgumentParser(prog="tokentree")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -57,7 +58,7 @@ def build_sub_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="export a session's branch tree")
     export.add_argument("session", nargs="?", default="last", help="last (default) or a session id")
-    export.add_argument("--format", "-f", choices=EXPORT_FORMATS, default="text")
+    export.add_argument("--format", "-f", choices=tuple(FORMATS), default="text")
     export.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     export.add_argument("--ascii", action="store_true", help="ASCII tree lines instead of box drawing")
     _add_common(export)
@@ -104,12 +105,6 @@ def log_exception() -> Path | str:
     return path
 
 
-def db_path(args: argparse.Namespace) -> Path:
-    from tokentree.paths import default_db_path
-
-    return Path(args.db).expanduser() if args.db else default_db_path()
-
-
 def run_app(args: argparse.Namespace) -> int:
     from tokentree.launch import launch
 
@@ -117,12 +112,14 @@ def run_app(args: argparse.Namespace) -> int:
 
 
 def run_subcommand(args: argparse.Namespace) -> int:
+    from tokentree.paths import db_path
+
     if args.command == "db" and args.db_command == "path":
-        print(db_path(args))
+        print(db_path(args.db))
         return 0
     from tokentree.store import Store
 
-    store = Store.open(db_path(args))
+    store = Store.open(db_path(args.db))
     try:
         if args.command == "sessions":
             from tokentree.listing import format_sessions

@@ -14,6 +14,7 @@ from pathlib import Path
 from tokentree.config import Config, load_config
 from tokentree.errors import InputError
 from tokentree.logs import setup_logging
+from tokentree.paths import db_path
 from tokentree.prompts import default_prompt_path, read_prompt
 from tokentree.sessions import resolve_session
 
@@ -26,11 +27,9 @@ def launch(args: argparse.Namespace) -> int:
     setup_logging()
     if args.resume and args.input:
         raise InputError("--resume and --input cannot be combined: a resumed session keeps its prompts")
-    from tokentree.cli import db_path
-
     if args.resume:
-        return _resume(args, config, db_path(args))
-    return _new_session(args, config, db_path(args))
+        return _resume(args, config, db_path(args.db))
+    return _new_session(args, config, db_path(args.db))
 
 
 def _new_session(args: argparse.Namespace, config: Config, db: Path) -> int:
@@ -93,7 +92,7 @@ def _resume(args: argparse.Namespace, config: Config, db: Path) -> int:
 
 
 def _explorer(store, session_id: int, config: Config, args: argparse.Namespace, *, model_name: str):
-    from tokentree.explorer import Explorer
+    from tokentree.core.explorer import Explorer
 
     return Explorer(store, session_id, config=config, layer_prob=args.layer_prob, model_name=model_name)
 

@@ -6,6 +6,8 @@ import json
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
+from tokentree.tree.text import one_line, shorten
+
 __all__ = ["format_sessions", "iso_utc", "session_dict"]
 
 PROMPT_WIDTH = 60
@@ -47,10 +49,10 @@ def _sort_key(summary) -> tuple:
     return (stamp, summary.id)
 
 
-def _one_line(text: str | None, width: int) -> str:
-    line = (text or "").splitlines()[0] if text else ""
-    line = "".join(ch if ch.isprintable() else " " for ch in line).strip()
-    return line if len(line) <= width else line[: width - 1] + "…"
+def _first_line(text: str | None, width: int) -> str:
+    """The first line, shown as the tree pane shows text (tab ⇥, controls escaped)."""
+    line = text.splitlines()[0] if text else ""
+    return shorten(one_line(line).strip(), width)
 
 
 def session_dict(summary) -> dict[str, Any]:
@@ -86,7 +88,7 @@ def format_sessions(summaries: Sequence[Any], as_json: bool = False) -> str:
             s.model_name or "",
             str(s.n_branches),
             str(s.n_nodes),
-            _one_line(s.first_line, PROMPT_WIDTH),
+            _first_line(s.first_line, PROMPT_WIDTH),
         )
         for s in ordered
     ]

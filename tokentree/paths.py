@@ -26,6 +26,11 @@ def default_db_path() -> Path:
     return data_dir() / "tokentree.db"
 
 
+def db_path(flag: str | os.PathLike[str] | None = None) -> Path:
+    """The database file: the --db flag (with ~ expanded) when given, else the default."""
+    return Path(flag).expanduser() if flag else default_db_path()
+
+
 def log_path() -> Path:
     return data_dir() / "tokentree.log"
 

@@ -1,10 +1,14 @@
-"""Reading prompt files: every way a file can be unusable is a clear InputError."""
+"""Prompt files: reading them (every way a file can be unusable is a clear InputError) and
+saving a branch's text as a new one."""
 
 from __future__ import annotations
 
+import itertools
+import os
 from pathlib import Path
 
 from tokentree.errors import InputError
+from tokentree.paths import safe_stem, saved_prompts_dir
 from tokentree.resources import resource_path
 
 MAX_PROMPT_BYTES = 4 * 1024 * 1024  # far beyond any model's context; stops a stray huge file early
@@ -42,3 +46,22 @@ def default_prompt_path(example_prompt: str) -> Path:
         return given
     shipped = resource_path("prompts") / given.name
     return shipped if shipped.exists() else given
+
+
+def save_prompt(text: str) -> Path:
+    """Write `text` to a new file in the saved-prompts dir, named after its start; never
+    overwrites (a `-2`, `-3`, ... suffix instead). Raises OSError."""
+    directory = saved_prompts_dir()
+    stem = safe_stem(text)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for n in itertools.count(1):
+        path = directory / (f"{stem}.txt" if n == 1 else f"{stem}-{n}.txt")
+        try:
+            # O_EXCL: never overwrite (nor follow a planted link); 0600: prompts are private.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+    raise AssertionError("unreachable")

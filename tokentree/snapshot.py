@@ -25,7 +25,7 @@ class PromptToken:
 class CandidateRow:
     rank: int | None  # 1 = most likely; None when unknown
     token_id: int
-    text: str  # tokentree.text.visible form
+    text: str  # tokentree.tree.text.visible form
     prob: float | None
     explored: bool  # the child node exists in the tree
     subtree: int  # nodes in the child's subtree (itself included); 0 when unexplored
@@ -84,3 +84,4 @@ class Snapshot:
     view_pending: bool = False  # the active view's values are still being computed
     num_layers: int = 0
     tree: tuple[TreeLine, ...] = field(default_factory=tuple)
+    version: int = 0  # the session's event version this was built from (commands carry it)

@@ -29,12 +29,6 @@ def _entropy_of(log_probs: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     return ent
 
 
-def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy in nats of softmax(logits) along the last dim (float32)."""
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
-    return _entropy_of(log_probs, log_probs.exp())
-
-
 def summarize(
     logits: torch.Tensor, k: int, targets: torch.Tensor | None = None
 ) -> tuple[list[Distribution], list[float], list[int]]:
@@ -72,14 +66,6 @@ def token_prob_rank(logits: torch.Tensor, token: int) -> tuple[float, int]:
     log_probs = torch.log_softmax(logits.float(), dim=-1)
     lp = log_probs[token]
     return lp.exp().item(), int((log_probs > lp).sum().item()) + 1
-
-
-def tokens_prob_rank(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[list[float], list[int]]:
-    """Row-wise token_prob_rank: logits [n, V], tokens [n] -> (probs, ranks)."""
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
-    lp = log_probs.gather(-1, tokens.view(-1, 1))
-    ranks = (log_probs > lp).sum(dim=-1) + 1
-    return lp.view(-1).exp().tolist(), ranks.tolist()
 
 
 def influence(rows: torch.Tensor, k: int = INFLUENCE_HEADS) -> torch.Tensor:

@@ -30,7 +30,7 @@ import torch
 
 from tokentree.lm import analysis
 from tokentree.lm.loader import LoadedModel
-from tokentree.lm.tokens import TokenBytes, special_ids
+from tokentree.lm.tokens import TokenBytes
 from tokentree.outputs import Analysis, NodeOutput
 
 _ROWS_PER_CHUNK = 16  # rows x vocab per chunk of prefill math: small enough to stay in cache
@@ -94,7 +94,6 @@ class Engine:
         self.top_k = top_k
         self.cache_size = max(1, cache_size)
         self.forward_passes = 0
-        self.special_ids: frozenset[int] = special_ids(loaded.tokenizer)
         self._token_bytes = TokenBytes(loaded.tokenizer)
         self._device = torch.device(loaded.device)
         self._lines: list[_Line] = []  # least recently used first

@@ -55,12 +55,6 @@ def added_tokens(tokenizer) -> dict[int, tuple[str, bool]]:
     return {i: (t.content, bool(t.special)) for i, t in tokenizer.added_tokens_decoder.items()}
 
 
-def special_ids(tokenizer) -> frozenset[int]:
-    ids = set(tokenizer.all_special_ids)
-    ids.update(i for i, (_, special) in added_tokens(tokenizer).items() if special)
-    return frozenset(ids)
-
-
 class TokenBytes:
     """Maps ids to raw bytes for one tokenizer (the style is detected once)."""
 

@@ -12,10 +12,8 @@ from tokentree.errors import StoreError
 
 from . import events as ev
 from . import migrate, projector
-from .schema import PROJECTION_TABLES, Base, EventRow
+from .schema import PROJECTION_TABLES, Base, events_t
 from .store import Store
-
-E = EventRow.__table__
 
 
 def snapshot(conn: Connection) -> dict[str, list[tuple]]:
@@ -31,7 +29,7 @@ def snapshot(conn: Connection) -> dict[str, list[tuple]]:
 def rebuild(store: Store) -> int:
     """Wipe the projections and replay every event in seq order, in one transaction.
     The model-output cache and token bytes are kept. Returns the number of events replayed."""
-    with store._write() as conn:
+    with store.write_transaction() as conn:
         return projector.replay(conn)
 
 
@@ -51,7 +49,7 @@ def check(store: Store) -> list[str]:
     """Problems found (an empty list means the database is healthy): SQLite integrity and
     foreign keys, schema revision, the event log's shape, and projections == replay."""
     problems: list[str] = []
-    with store._read() as conn:
+    with store.read_transaction() as conn:
         for (line,) in conn.execute(text("PRAGMA integrity_check")):
             if line != "ok":
                 problems.append(f"integrity: {line}")
@@ -69,7 +67,8 @@ def check(store: Store) -> list[str]:
             if name not in triggers:
                 problems.append(f"trigger {name} is missing (events are not protected)")
         sessions: dict[int, list[tuple[int, str]]] = {}
-        for sid, version, type_ in conn.execute(select(E.c.session_id, E.c.version, E.c.type).order_by(E.c.seq)):
+        log = select(events_t.c.session_id, events_t.c.version, events_t.c.type).order_by(events_t.c.seq)
+        for sid, version, type_ in conn.execute(log):
             sessions.setdefault(sid, []).append((version, type_))
         for sid, rows in sessions.items():
             versions = [v for v, _ in rows]
@@ -81,7 +80,7 @@ def check(store: Store) -> list[str]:
             if unknown:
                 problems.append(f"session {sid}: unknown event types {', '.join(unknown)}")
         last = conn.execute(text("SELECT last_seq FROM projector_checkpoint WHERE id = 1")).scalar()
-        top = conn.execute(select(func.max(E.c.seq))).scalar()
+        top = conn.execute(select(func.max(events_t.c.seq))).scalar()
         if last != top:
             problems.append(f"projector checkpoint at seq {last}, the last event is {top}")
         problems += _shape_problems(conn)
@@ -89,14 +88,10 @@ def check(store: Store) -> list[str]:
         return problems
     # Replay into the live tables inside a transaction that is always rolled back.
     try:
-        with store._errors(), store._wengine.connect() as conn:
-            trans = conn.begin()
-            try:
-                before = snapshot(conn)
-                projector.replay(conn)
-                problems += _diff(before, snapshot(conn))
-            finally:
-                trans.rollback()
+        with store.write_transaction(commit=False) as conn:
+            before = snapshot(conn)
+            projector.replay(conn)
+            problems += _diff(before, snapshot(conn))
     except StoreError as exc:
         problems.append(f"replay failed: {exc}")
     return problems
@@ -138,7 +133,7 @@ def backup(store: Store, dest: str | Path) -> Path:
             fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             os.close(fd)
             created = True
-        raw = store._engine.raw_connection()
+        raw = store.engine.raw_connection()
         try:
             raw.driver_connection.execute("VACUUM INTO ?", (str(dest),))
         finally:

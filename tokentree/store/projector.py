@@ -21,44 +21,79 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from tokentree.errors import StoreError
 
-from . import events as ev_types
-from .events import PAYLOAD_VERSION, Event, load_payload
+from .events import (
+    BranchCreated,
+    BranchDuplicated,
+    BranchFocused,
+    BranchMoved,
+    BranchRemoved,
+    BranchReset,
+    Event,
+    EventData,
+    EventFormatError,
+    PromptSaved,
+    SessionStarted,
+    TokenAppended,
+    TokenPopped,
+    Undo,
+    UNDOABLE,
+    decode,
+    event_from_row,
+    load_payload,
+)
 from .keys import prefix_key, prefix_keys
-from .schema import B, CP, E, F, N, S, SN
-
+from .schema import (
+    PROJECTION_TABLES,
+    Base,
+    branches_t,
+    checkpoint_t,
+    events_t,
+    focus_t,
+    nodes_t,
+    session_nodes_t,
+    sessions_t,
+)
 
 # Statements built once (building a construct per call costs more than running it).
-_SEL_SESSION = select(S).where(S.c.id == bindparam("sid"))
-_SEL_NODE = select(N).where(N.c.id == bindparam("nid"))
-_SEL_NODE_BY_KEY = select(N).where(N.c.prefix_key == bindparam("key"))
-_SEL_NODES_BY_KEYS = select(N).where(N.c.prefix_key.in_(bindparam("keys", expanding=True)))
-_SEL_MAX_NODE = select(func.max(N.c.id))
-_SEL_PARENT = select(N.c.parent_id).where(N.c.id == bindparam("nid"))
-_INS_NODE = insert(N)
-_INS_SESSION_NODE = sqlite_insert(SN).on_conflict_do_nothing()
-_SEL_BRANCH = select(B).where(B.c.id == bindparam("bid"))
+_SEL_SESSION = select(sessions_t).where(sessions_t.c.id == bindparam("sid"))
+_SEL_NODE = select(nodes_t).where(nodes_t.c.id == bindparam("nid"))
+_SEL_NODE_BY_KEY = select(nodes_t).where(nodes_t.c.prefix_key == bindparam("key"))
+_SEL_NODES_BY_KEYS = select(nodes_t).where(nodes_t.c.prefix_key.in_(bindparam("keys", expanding=True)))
+_SEL_MAX_NODE = select(func.max(nodes_t.c.id))
+_SEL_PARENT = select(nodes_t.c.parent_id).where(nodes_t.c.id == bindparam("nid"))
+_INS_NODE = insert(nodes_t)
+_INS_SESSION_NODE = sqlite_insert(session_nodes_t).on_conflict_do_nothing()
+_SEL_BRANCH = select(branches_t).where(branches_t.c.id == bindparam("bid"))
 _SHIFT = (
-    update(B)
-    .where(B.c.session_id == bindparam("sid"), B.c.removed.is_(False), B.c.position >= bindparam("pos"))
-    .values(position=B.c.position + bindparam("delta"))
+    update(branches_t)
+    .where(
+        branches_t.c.session_id == bindparam("sid"),
+        branches_t.c.removed.is_(False),
+        branches_t.c.position >= bindparam("pos"),
+    )
+    .values(position=branches_t.c.position + bindparam("delta"))
 )
-_DEL_FOCUS = delete(F).where(F.c.session_id == bindparam("sid"))
-_UPSERT_FOCUS = sqlite_insert(F).values(session_id=bindparam("sid"), branch_id=bindparam("bid"))
+_DEL_FOCUS = delete(focus_t).where(focus_t.c.session_id == bindparam("sid"))
+_UPSERT_FOCUS = sqlite_insert(focus_t).values(session_id=bindparam("sid"), branch_id=bindparam("bid"))
 _UPSERT_FOCUS = _UPSERT_FOCUS.on_conflict_do_update(
-    index_elements=[F.c.session_id], set_={"branch_id": _UPSERT_FOCUS.excluded.branch_id}
+    index_elements=[focus_t.c.session_id], set_={"branch_id": _UPSERT_FOCUS.excluded.branch_id}
 )
-_SET_BRANCH_NODE = update(B).where(B.c.id == bindparam("bid")).values(node_id=bindparam("nid"))
-_REMOVE_BRANCH = update(B).where(B.c.id == bindparam("bid")).values(removed=True, position=None)
-_RESTORE_BRANCH = update(B).where(B.c.id == bindparam("bid")).values(removed=False, position=bindparam("pos"))
-_INS_BRANCH = insert(B)
-_SEL_EVENT = select(E).where(E.c.seq == bindparam("seq"))
-_SEL_CHECKPOINT = select(CP.c.last_seq).where(CP.c.id == 1)
+_SET_BRANCH_NODE = update(branches_t).where(branches_t.c.id == bindparam("bid")).values(node_id=bindparam("nid"))
+_REMOVE_BRANCH = update(branches_t).where(branches_t.c.id == bindparam("bid")).values(removed=True, position=None)
+_RESTORE_BRANCH = (
+    update(branches_t).where(branches_t.c.id == bindparam("bid")).values(removed=False, position=bindparam("pos"))
+)
+_INS_BRANCH = insert(branches_t)
+_SEL_EVENT = select(events_t).where(events_t.c.seq == bindparam("seq"))
+_SEL_CHECKPOINT = select(checkpoint_t.c.last_seq).where(checkpoint_t.c.id == 1)
 _TOUCH_SESSION = (
-    update(S).where(S.c.id == bindparam("sid")).values(last_used_at=bindparam("at"), last_seq=bindparam("seq"))
+    update(sessions_t)
+    .where(sessions_t.c.id == bindparam("sid"))
+    .values(last_used_at=bindparam("at"), last_seq=bindparam("seq"))
 )
-_UPSERT_CHECKPOINT = sqlite_insert(CP).values(id=1, last_seq=bindparam("seq"))
+_UPSERT_CHECKPOINT = sqlite_insert(checkpoint_t).values(id=1, last_seq=bindparam("seq"))
 _UPSERT_CHECKPOINT = _UPSERT_CHECKPOINT.on_conflict_do_update(
-    index_elements=[CP.c.id], set_={"last_seq": _UPSERT_CHECKPOINT.excluded.last_seq}
+    index_elements=[checkpoint_t.c.id], set_={"last_seq": _UPSERT_CHECKPOINT.excluded.last_seq}
 )
 
 
@@ -175,157 +210,161 @@ def _remove(conn: Connection, branch, focus: int | None) -> None:
 # --------------------------------------------------------------------------- handlers
 
 
-def _session_started(conn: Connection, ev: Event, p: dict[str, Any]) -> None:
-    if conn.execute(select(S.c.id).where(S.c.id == ev.session_id)).first() is not None:
+def _session_started(conn: Connection, ev: Event, p: SessionStarted) -> None:
+    if conn.execute(select(sessions_t.c.id).where(sessions_t.c.id == ev.session_id)).first() is not None:
         raise ProjectionError(f"session {ev.session_id} started twice")
     conn.execute(
-        insert(S).values(
+        insert(sessions_t).values(
             id=ev.session_id,
             created_at=ev.created_at,
             last_used_at=ev.created_at,
             last_seq=ev.seq,
-            model_name=p["model_name"],
-            fingerprint=p["fingerprint"],
-            vocab_key=p["vocab_key"],
-            prompt_sources=json.dumps(list(p["prompt_sources"]), ensure_ascii=False),
+            model_name=p.model_name,
+            fingerprint=p.fingerprint,
+            vocab_key=p.vocab_key,
+            prompt_sources=json.dumps(list(p.prompt_sources), ensure_ascii=False),
         )
     )
 
 
-def _branch_created(conn: Connection, ev: Event, p: dict[str, Any]) -> None:
+def _branch_created(conn: Connection, ev: Event, p: BranchCreated) -> None:
     sid = ev.session_id
     vocab_key = _session(conn, sid).vocab_key
-    tokens = p["root_tokens"]
-    if not tokens:
+    if not p.root_tokens:
         raise ProjectionError("branch.created without tokens")
-    chain = _chain(conn, [int(t) for t in tokens], vocab_key)
+    chain = _chain(conn, [int(t) for t in p.root_tokens], vocab_key)
     conn.execute(_INS_SESSION_NODE, [{"session_id": sid, "node_id": nid} for nid in chain])
-    _insert_branch(conn, sid, p, node_id=chain[-1], root_node_id=chain[-1], source=p.get("source"))
+    _insert_branch(conn, sid, p, node_id=chain[-1], root_node_id=chain[-1], source=p.source)
 
 
-def _token_appended(conn: Connection, ev: Event, p: dict[str, Any]) -> None:
+def _token_appended(conn: Connection, ev: Event, p: TokenAppended) -> None:
     sid = ev.session_id
-    branch = _branch(conn, sid, p["branch_id"])
-    child = _child(conn, _node(conn, p["from_node"]), int(p["token_id"]), _session(conn, sid).vocab_key)
-    _set_node(conn, branch, p["from_node"], child.id)
+    branch = _branch(conn, sid, p.branch_id)
+    child = _child(conn, _node(conn, p.from_node), int(p.token_id), _session(conn, sid).vocab_key)
+    _set_node(conn, branch, p.from_node, child.id)
     _explore(conn, sid, child.id)
 
 
-def _token_popped(conn: Connection, ev: Event, p: dict[str, Any]) -> None:
-    branch = _branch(conn, ev.session_id, p["branch_id"])
-    node = _node(conn, p["from_node"])
+def _token_popped(conn: Connection, ev: Event, p: TokenPopped) -> None:
+    branch = _branch(conn, ev.session_id, p.branch_id)
+    node = _node(conn, p.from_node)
     if node.parent_id is None:
         raise ProjectionError("token.popped at a one-token path")
-    _set_node(conn, branch, p["from_node"], node.parent_id)
+    _set_node(conn, branch, p.from_node, node.parent_id)
 
 
-def _branch_moved(conn: Connection, ev: Event, p: dict[str, Any]) -> None:
-    branch = _branch(conn, ev.session_id, p["branch_id"])
-    target = _node(conn, p["node_id"])
-    _set_node(conn, branch, p["from_node"], target.id)
+def _branch_moved(conn: Connection, ev: Event, p: BranchMoved) -> None:
+    branch = _branch(conn, ev.session_id, p.branch_id)
+    target = _node(conn, p.node_id)
+    _set_node(conn, branch, p.from_node, target.id)
     _explore(conn, ev.session_id, target.id)
 
 
-def _branch_duplicated(conn: Connection, ev: Event, p: dict[str, Any]) -> None:
+def _branch_duplicated(conn: Connection, ev: Event, p: BranchDuplicated) -> None:
     sid = ev.session_id
-    src = _branch(conn, sid, p["source_branch_id"])
+    src = _branch(conn, sid, p.source_branch_id)
     _insert_branch(conn, sid, p, node_id=src.node_id, root_node_id=src.root_node_id, source=src.source)
 
 
 def _insert_branch(
-    conn: Connection, sid: int, p: dict[str, Any], *, node_id: int, root_node_id: int, source: str | None
+    conn: Connection,
+    sid: int,
+    p: BranchCreated | BranchDuplicated,
+    *,
+    node_id: int,
+    root_node_id: int,
+    source: str | None,
 ) -> None:
-    """A new live branch at p["position"] (later ones shift down), focused."""
-    if conn.execute(_SEL_BRANCH, {"bid": p["branch_id"]}).first() is not None:
-        raise ProjectionError(f"branch id {p['branch_id']} already used")
-    _shift(conn, sid, p["position"], +1)
+    """A new live branch at p.position (later ones shift down), focused."""
+    if conn.execute(_SEL_BRANCH, {"bid": p.branch_id}).first() is not None:
+        raise ProjectionError(f"branch id {p.branch_id} already used")
+    _shift(conn, sid, p.position, +1)
     conn.execute(
         _INS_BRANCH,
-        dict(id=p["branch_id"], session_id=sid, name=p["name"], position=p["position"], node_id=node_id,
+        dict(id=p.branch_id, session_id=sid, name=p.name, position=p.position, node_id=node_id,
              root_node_id=root_node_id, source=source, removed=False),
     )
-    _set_focus(conn, sid, p["branch_id"])
+    _set_focus(conn, sid, p.branch_id)
 
 
-def _branch_removed(conn: Connection, ev: Event, p: dict[str, Any]) -> None:
-    branch = _branch(conn, ev.session_id, p["branch_id"])
-    if branch.position != p["position"]:
-        raise ProjectionError(f"branch {branch.id} is at position {branch.position}, not {p['position']}")
-    _remove(conn, branch, p["new_focus"])
+def _branch_removed(conn: Connection, ev: Event, p: BranchRemoved) -> None:
+    branch = _branch(conn, ev.session_id, p.branch_id)
+    if branch.position != p.position:
+        raise ProjectionError(f"branch {branch.id} is at position {branch.position}, not {p.position}")
+    _remove(conn, branch, p.new_focus)
 
 
-def _branch_focused(conn: Connection, ev: Event, p: dict[str, Any]) -> None:
-    _branch(conn, ev.session_id, p["branch_id"])
-    _set_focus(conn, ev.session_id, p["branch_id"])
+def _branch_focused(conn: Connection, ev: Event, p: BranchFocused) -> None:
+    _branch(conn, ev.session_id, p.branch_id)
+    _set_focus(conn, ev.session_id, p.branch_id)
 
 
-def _branch_reset(conn: Connection, ev: Event, p: dict[str, Any]) -> None:
-    branch = _branch(conn, ev.session_id, p["branch_id"])
-    _set_node(conn, branch, p["from_node"], branch.root_node_id)
+def _branch_reset(conn: Connection, ev: Event, p: BranchReset) -> None:
+    branch = _branch(conn, ev.session_id, p.branch_id)
+    _set_node(conn, branch, p.from_node, branch.root_node_id)
 
 
-def _prompt_saved(conn: Connection, ev: Event, p: dict[str, Any]) -> None:
+def _prompt_saved(conn: Connection, ev: Event, p: PromptSaved) -> None:
     pass  # recorded for history; changes no projection but the session's last use
 
 
-def _undo(conn: Connection, ev: Event, p: dict[str, Any]) -> None:
+def _undo(conn: Connection, ev: Event, p: Undo) -> None:
     sid = ev.session_id
-    row = conn.execute(_SEL_EVENT, {"seq": p["target_seq"]}).first()
-    if row is None or row.session_id != sid or row.type not in ev_types.UNDOABLE or row.seq >= ev.seq:
-        raise ProjectionError(f"undo of an event that cannot be undone (seq {p['target_seq']})")
-    t = load_payload(row.payload)
-    kind = row.type
-    if kind in (ev_types.BRANCH_CREATED, ev_types.BRANCH_DUPLICATED):
-        _remove(conn, _branch(conn, sid, t["branch_id"]), t["prev_focus"])
-    elif kind in (ev_types.TOKEN_APPENDED, ev_types.TOKEN_POPPED, ev_types.BRANCH_MOVED, ev_types.BRANCH_RESET):
-        branch = _branch(conn, sid, t["branch_id"])
-        conn.execute(_SET_BRANCH_NODE, {"bid": branch.id, "nid": t["from_node"]})
-    elif kind == ev_types.BRANCH_REMOVED:
-        branch = _branch(conn, sid, t["branch_id"], removed=True)
-        _shift(conn, sid, t["position"], +1)
-        conn.execute(_RESTORE_BRANCH, {"bid": branch.id, "pos": t["position"]})
-        _set_focus(conn, sid, t["prev_focus"])
-    elif kind == ev_types.BRANCH_FOCUSED:
-        _set_focus(conn, sid, t["prev_focus"])
-    else:  # pragma: no cover - UNDOABLE and this list agree
-        raise ProjectionError(f"no inverse for {kind}")
+    row = conn.execute(_SEL_EVENT, {"seq": p.target_seq}).first()
+    if row is None or row.session_id != sid or row.type not in UNDOABLE or row.seq >= ev.seq:
+        raise ProjectionError(f"undo of an event that cannot be undone (seq {p.target_seq})")
+    target = _decode(row.seq, row.type, load_payload(row.payload))
+    if isinstance(target, (BranchCreated, BranchDuplicated)):
+        _remove(conn, _branch(conn, sid, target.branch_id), target.prev_focus)
+    elif isinstance(target, (TokenAppended, TokenPopped, BranchMoved, BranchReset)):
+        branch = _branch(conn, sid, target.branch_id)
+        conn.execute(_SET_BRANCH_NODE, {"bid": branch.id, "nid": target.from_node})
+    elif isinstance(target, BranchRemoved):
+        branch = _branch(conn, sid, target.branch_id, removed=True)
+        _shift(conn, sid, target.position, +1)
+        conn.execute(_RESTORE_BRANCH, {"bid": branch.id, "pos": target.position})
+        _set_focus(conn, sid, target.prev_focus)
+    elif isinstance(target, BranchFocused):
+        _set_focus(conn, sid, target.prev_focus)
+    else:  # pragma: no cover - events.UNDOABLE and this list agree (tests/test_events.py)
+        raise ProjectionError(f"no inverse for {row.type}")
 
 
-_HANDLERS = {
-    ev_types.SESSION_STARTED: _session_started,
-    ev_types.BRANCH_CREATED: _branch_created,
-    ev_types.TOKEN_APPENDED: _token_appended,
-    ev_types.TOKEN_POPPED: _token_popped,
-    ev_types.BRANCH_MOVED: _branch_moved,
-    ev_types.BRANCH_DUPLICATED: _branch_duplicated,
-    ev_types.BRANCH_REMOVED: _branch_removed,
-    ev_types.BRANCH_FOCUSED: _branch_focused,
-    ev_types.BRANCH_RESET: _branch_reset,
-    ev_types.PROMPT_SAVED: _prompt_saved,
-    ev_types.UNDO: _undo,
+HANDLERS = {
+    SessionStarted: _session_started,
+    BranchCreated: _branch_created,
+    TokenAppended: _token_appended,
+    TokenPopped: _token_popped,
+    BranchMoved: _branch_moved,
+    BranchDuplicated: _branch_duplicated,
+    BranchRemoved: _branch_removed,
+    BranchFocused: _branch_focused,
+    BranchReset: _branch_reset,
+    PromptSaved: _prompt_saved,
+    Undo: _undo,
 }
 
 
 # --------------------------------------------------------------------------- entry point
 
 
+def _decode(seq: int, type_name: str, payload: dict[str, Any]) -> EventData:
+    try:
+        return decode(type_name, payload)
+    except EventFormatError as exc:
+        raise ProjectionError(f"event {seq}: {exc}") from None
+
+
 def apply(conn: Connection, event: Event) -> None:
     """Apply one event to the projections (inside the caller's transaction)."""
-    handler = _HANDLERS.get(event.type)
-    if handler is None:
-        raise ProjectionError(f"unknown event type {event.type!r} (written by a newer tokentree?)")
-    v = event.payload.get("v")
-    if not isinstance(v, int) or v > PAYLOAD_VERSION:
-        raise ProjectionError(
-            f"event {event.seq} has payload version {v!r}; this tokentree reads up to {PAYLOAD_VERSION}"
-        )
+    data = _decode(event.seq, event.type, event.payload)
     last = conn.execute(_SEL_CHECKPOINT).scalar()
     if last is not None and event.seq <= last:
         raise ProjectionError(f"event {event.seq} applied out of order (checkpoint at {last})")
-    if event.type != ev_types.SESSION_STARTED:
+    if not isinstance(data, SessionStarted):
         _session(conn, event.session_id)
     try:
-        handler(conn, event, event.payload)
+        HANDLERS[type(data)](conn, event, data)
     except (KeyError, TypeError) as exc:
         raise ProjectionError(f"malformed {event.type} event {event.seq}: {exc!r}") from None
     conn.execute(_TOUCH_SESSION, {"sid": event.session_id, "at": event.created_at, "seq": event.seq})
@@ -334,8 +373,6 @@ def apply(conn: Connection, event: Event) -> None:
 
 def wipe(conn: Connection) -> None:
     """Delete every projection row (the caches are kept)."""
-    from .schema import PROJECTION_TABLES, Base
-
     for name in PROJECTION_TABLES:
         conn.execute(delete(Base.metadata.tables[name]))
 
@@ -346,25 +383,10 @@ def replay(conn: Connection, *, batch: int = 1000) -> int:
     count = 0
     after = 0
     while True:
-        rows = conn.execute(select(E).where(E.c.seq > after).order_by(E.c.seq).limit(batch)).all()
+        rows = conn.execute(select(events_t).where(events_t.c.seq > after).order_by(events_t.c.seq).limit(batch)).all()
         if not rows:
             return count
         for row in rows:
-            apply(conn, row_to_event(row))
+            apply(conn, event_from_row(row))
             count += 1
         after = rows[-1].seq
-
-
-def row_to_event(row) -> Event:
-    return Event(
-        seq=row.seq,
-        session_id=row.session_id,
-        version=row.version,
-        type=row.type,
-        payload=load_payload(row.payload),
-        created_at=row.created_at,
-    )
-
-
-def max_seq(conn: Connection) -> int | None:
-    return conn.execute(select(func.max(E.c.seq))).scalar()

@@ -204,12 +204,12 @@ class TokenBytesRow(Base):
     piece: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
 
 
-# Short Core-table names for the hand-built statements of the store and the projector.
-B = BranchRow.__table__
-N = NodeRow.__table__
-S = SessionRow.__table__
-SN = SessionNodeRow.__table__
-F = FocusRow.__table__
-CP = CheckpointRow.__table__
-E = EventRow.__table__
-O = NodeOutputRow.__table__  # noqa: E741
+# Core tables for the hand-built statements of the store and the projector.
+events_t = EventRow.__table__
+sessions_t = SessionRow.__table__
+nodes_t = NodeRow.__table__
+session_nodes_t = SessionNodeRow.__table__
+branches_t = BranchRow.__table__
+focus_t = FocusRow.__table__
+checkpoint_t = CheckpointRow.__table__
+outputs_t = NodeOutputRow.__table__

@@ -17,12 +17,14 @@ import urwid
 
 from tokentree.errors import TokentreeError
 from tokentree.logs import setup_logging
-from tokentree.tui.keymap import EXPLORER, Keymap, build_keymap
+from tokentree.tui.keymap import EXPLORER, GLOBAL, Keymap, build_keymap
 from tokentree.tui.palette import build_palette, pick_colors
 from tokentree.tui.widgets import BranchList, CandidateTable, HelpView, PromptPane, StatusBar, TreePane
-from tokentree.worker import Worker
+from tokentree.core.worker import Worker
 
 log = logging.getLogger(__name__)
+
+FOLLOW_SECONDS = 0.5  # how often the screen checks for changes made by another window
 
 
 class KeyRouter(urwid.WidgetWrap):
@@ -60,39 +62,21 @@ class ExplorerApp:
         self.overlay = urwid.Overlay(HelpView(keymap.help_rows()), self.frame,
                                      "center", ("relative", 80), "middle", ("relative", 80))
         self.root = KeyRouter(self, self.frame)
-
-        ex = explorer
-        self.handlers: dict[str, Callable[[], object]] = {
-            "cursor_up": lambda: ex.cursor(-1),
-            "cursor_down": lambda: ex.cursor(1),
-            "append": ex.append,
-            "pop": ex.pop,
-            "walk_forward": ex.walk_forward,
-            "prev_branch": lambda: ex.switch_branch(-1),
-            "next_branch": lambda: ex.switch_branch(1),
-            "duplicate_branch": ex.duplicate_branch,
-            "remove_branch": ex.remove_branch,
-            "undo": ex.undo,
-            "cycle_view": ex.cycle_prompt_view,
-            "cycle_layer_view": ex.cycle_layer_view,
-            "toggle_tree": self.toggle_tree,
-            "save_branch": ex.save_branch,
-            "reset_branch": ex.reset_branch,
-            "help": self.toggle_help,
-            "quit": self.quit,
-        }
-        missing = set(keymap.commands) - set(self.handlers)
-        assert not missing, f"commands without a handler: {missing}"
+        for name in keymap.commands:  # a handler the registry misnames fails now, not on its key
+            self.handler(name)
         self.pump()
         self.refresh()
 
     # ---------------------------------------------------------------- keys
     def handle_key(self, key: str) -> bool:
         if self.show_help:
-            # Any key closes the help; quit still quits.
-            if self.keymap.command_for(key, EXPLORER) == "quit":
-                self.quit()
-            self.toggle_help()
+            # Over the help only global commands run (help closes it, quit quits);
+            # any other key just closes it.
+            command = self.keymap.command_for(key, GLOBAL)
+            if command is None:
+                self.toggle_help()
+            else:
+                self.handler(command)()
             return True
         command = self.keymap.command_for(key, EXPLORER)
         if command is None:
@@ -100,10 +84,14 @@ class ExplorerApp:
         self.run_command(command)
         return True
 
+    def handler(self, command: str) -> Callable[[], object]:
+        """The registry's handler for a command, bound to this app or its explorer."""
+        return self.keymap.commands[command].handler({"explorer": self.explorer, "app": self})
+
     def run_command(self, command: str) -> None:
         self.explorer.message = None
         try:
-            self.handlers[command]()
+            self.handler(command)()
         except TokentreeError as exc:  # e.g. a store refusal: say it, keep going
             self.explorer.message = str(exc)
         self.pump()
@@ -221,6 +209,15 @@ def run_tui(explorer, config, *, load_engine: Callable[[], object] | None = None
     if load_engine is not None:
         worker.submit(explorer.loading_job(load_engine))
     app.set_worker(worker)
+    def follow_other_windows(loop_, _data) -> None:
+        # Another tokentree on this session: show its changes, so keys here act on what is
+        # on screen (a command built from a stale screen is refused by the store).
+        if app.explorer.changed_elsewhere():
+            app.pump()
+            app.refresh()
+        loop_.set_alarm_in(FOLLOW_SECONDS, follow_other_windows)
+
+    loop.set_alarm_in(FOLLOW_SECONDS, follow_other_windows)
     # Let ctrl+q / ctrl+s reach the app instead of the tty's XON/XOFF (restored on exit).
     loop.set_alarm_in(0, lambda *_: screen.tty_signal_keys(start="undefined", stop="undefined"))
 

@@ -1,49 +1,21 @@
-"""Named commands and the keys bound to them (mitmproxy style).
+"""The keys bound to the registry's commands (mitmproxy style).
 
-Every key press goes through the keymap: key -> command name -> handler. `[keys]` in
-config.toml replaces a command's default keys; an unknown command or key name is a
-ConfigError before the screen starts. The help overlay is generated from here.
+Every key press goes through the keymap: key -> command name -> the handler the registry
+(tokentree/commands.py) declares. `[keys]` in config.toml replaces a command's default keys;
+an unknown command or key name is a ConfigError before the screen starts. The help overlay is
+generated from here. Urwid-free: the launcher builds a keymap before urwid is imported.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
+from tokentree.commands import COMMANDS, EXPLORER, GLOBAL, TEXT, Command, check_registry
 from tokentree.errors import ConfigError
 
-GLOBAL = "global"  # works everywhere, also over the help overlay
-EXPLORER = "explorer"  # the main screen
-
-
-@dataclass(frozen=True)
-class Command:
-    name: str
-    help: str
-    keys: tuple[str, ...]  # defaults, in urwid's key names
-    context: str = EXPLORER
-
-
-COMMANDS: tuple[Command, ...] = (
-    Command("cursor_up", "move the selection up", ("up", "k")),
-    Command("cursor_down", "move the selection down", ("down", "j")),
-    Command("append", "append the selected token (follow the child if explored)", ("right", "l")),
-    Command("pop", "pop the last token (it stays selected: right re-appends it)", ("left", "h")),
-    Command("walk_forward", "walk forward along the explored path to its leaf", ("shift right", "L")),
-    Command("prev_branch", "previous branch", ("w",)),
-    Command("next_branch", "next branch", ("s",)),
-    Command("duplicate_branch", "duplicate the current branch and focus it", ("d",)),
-    Command("remove_branch", "remove the current branch from the list (nodes stay)", ("a",)),
-    Command("undo", "undo the last change", ("u",)),
-    Command("cycle_view", "prompt view: plain, probability, entropy, attention influence", ("e",)),
-    Command("cycle_layer_view", "layer view: off, layer probabilities, layer-normalized", ("p",)),
-    Command("toggle_tree", "show or hide the tree overview", ("t",)),
-    Command("save_branch", "save the branch text under the saved-prompts dir", ("x",)),
-    Command("reset_branch", "reset the branch to its root prompt", ("ctrl r",)),
-    Command("help", "show or hide this help", ("?",), GLOBAL),
-    Command("quit", "quit (everything is already saved)", ("ctrl q",), GLOBAL),
-)
+__all__ = ["COMMANDS", "EXPLORER", "GLOBAL", "TEXT", "Command", "Keymap", "build_keymap",
+           "display_key", "is_printable", "normalize_key"]
 
 _NAMED = {
     "up", "down", "left", "right", "home", "end", "page up", "page down", "insert", "delete",
@@ -103,9 +75,19 @@ def display_key(key: str) -> str:
     return key
 
 
+def is_printable(key: str) -> bool:
+    """A key that types a character (urwid reports those as the character itself)."""
+    return len(key) == 1 and key.isprintable()
+
+
+def _is_ctrl(key: str) -> bool:
+    return "ctrl" in key.split(" ")[:-1]
+
+
 class Keymap:
     def __init__(self, commands: Sequence[Command] = COMMANDS,
                  overrides: Mapping[str, Sequence[str]] | None = None) -> None:
+        check_registry(commands)
         self.commands = {c.name: c for c in commands}
         keys = {c.name: list(c.keys) for c in commands}
         overridden: dict[str, str] = {}  # key -> command the user bound it to
@@ -134,10 +116,22 @@ class Keymap:
                 self._by_key[key] = name
 
     def command_for(self, key: str, context: str = EXPLORER) -> str | None:
+        """The command a key runs in a context, or None (the key is not a command there).
+
+        A command works in its own context; a global one works in every context, except that
+        in a text field (TEXT) only its ctrl-keys do. In a text field a printable key is never
+        a command, so the field can type it. Asking for GLOBAL gives the global commands only
+        (the help overlay).
+        """
         name = self._by_key.get(key)
         if name is None:
             return None
         command_context = self.commands[name].context
+        if context == TEXT:
+            if is_printable(key):
+                return None
+            if command_context == GLOBAL:
+                return name if _is_ctrl(key) else None
         return name if command_context in (GLOBAL, context) else None
 
     def hint(self, name: str) -> str:
@@ -148,6 +142,6 @@ class Keymap:
         return [(self.hint(c.name), c.name, c.help) for c in self.commands.values()]
 
 
-def build_keymap(config) -> Keymap:
+def build_keymap(config, commands: Sequence[Command] = COMMANDS) -> Keymap:
     """The keymap for a Config; raises ConfigError for a bad [keys] table."""
-    return Keymap(COMMANDS, config.keys)
+    return Keymap(commands, config.keys)

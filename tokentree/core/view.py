@@ -1,5 +1,6 @@
-"""The cached view of the store for one session: nodes, children, subtree sizes, outputs,
-analyses and token bytes, each read once and kept. No urwid and no torch here.
+"""Read-only tree reads for one session: nodes, children, subtree sizes, outputs, analyses
+and token bytes, each read once and kept. It never writes to the store: whoever writes tells
+it what changed (`output_stored`, `analysis_stored`, `bytes_known`). No urwid, no torch.
 
 Nodes are immutable and ids never reused, so a Node read once stays true. What can grow is
 "which nodes exist": children lists and subtree sizes are valid for the node table up to
@@ -26,7 +27,13 @@ class TreeNode(NamedTuple):
     token_id: int
 
 
-class TreeReader:
+class _SessionNodes(NamedTuple):
+    count: int  # the session's node count when read
+    nodes: list[TreeNode]
+    version: int  # the session version it was checked at
+
+
+class TreeView:
     """Store reads for one session, from memory where it can. All methods run on the UI thread."""
 
     def __init__(self, store, session_id: int, *, vocab_key: str, fingerprint: str) -> None:
@@ -46,11 +53,11 @@ class TreeReader:
         self._sizes: dict[int, int] = {}  # id -> descendants in the whole node table
         self._mark: int | None = None
         self._path: list = []  # the focused path last built (pop/append splice onto it)
-        self._session_nodes: tuple | None = None  # (session node count, session nodes, session seq)
+        self._session_nodes: _SessionNodes | None = None
         # One read transaction per entry point: the reader, and what it has read so far.
         self._reader = None
         self._scope: dict[str, Any] | None = None
-        self._seen_branches: tuple | None = None  # (session's last event seq, its branches)
+        self._seen_branches: tuple | None = None  # (session version, its branches)
 
     def use_fingerprint(self, fingerprint: str) -> None:
         """Another model dtype or revision: its outputs and analyses are cached apart."""
@@ -81,15 +88,21 @@ class TreeReader:
         with self.reading() as r:
             branches = self._scope.get("branches")
             if branches is None:
-                seq = r.session_seq(self.session_id)
-                if self._seen_branches is not None and self._seen_branches[0] == seq:
+                # Branches are a function of the session's events: same version, same branches.
+                version = r.session_version(self.session_id)
+                if self._seen_branches is not None and self._seen_branches[0] == version:
                     branches = self._seen_branches[1]
                 else:
                     branches = r.branches(self.session_id)
-                    self._seen_branches = (seq, branches)
+                    self._seen_branches = (version, branches)
                 self._scope["branches"] = branches
                 self._check_mark()
             return branches
+
+    def version(self) -> int:
+        """The session's event version the branches just read belong to."""
+        self.branches()
+        return self._seen_branches[0]
 
     def _check_mark(self) -> None:
         with self.reading() as r:
@@ -227,18 +240,15 @@ class TreeReader:
         session has explored a node since (its node set only grows)."""
         with self.reading() as r:
             # Nodes join a session only through its events: while its seq is unchanged, so is the set.
-            self.branches()
-            seq = self._seen_branches[0]
+            version = self.version()
             cached = self._session_nodes
-            if cached is not None and cached[2] == seq:
-                return cached[1]
+            if cached is not None and cached.version == version:
+                return cached.nodes
             count = r.session_node_count(self.session_id)
-            if cached is None or cached[0] != count:
-                nodes = [TreeNode(*row) for row in r.session_tree(self.session_id)]
-                self._session_nodes = (count, nodes, seq)
-            else:
-                self._session_nodes = (count, cached[1], seq)
-            return self._session_nodes[1]
+            nodes = cached.nodes if cached is not None and cached.count == count else [
+                TreeNode(*row) for row in r.session_tree(self.session_id)]
+            self._session_nodes = _SessionNodes(count, nodes, version)
+            return nodes
 
     # ------------------------------------------------------------------ outputs and analyses
     def probs_for(self, keys: Sequence[bytes]) -> dict[bytes, float | None]:
@@ -305,9 +315,7 @@ class TreeReader:
         """Ids looked up and found in neither memory nor store (the tokenizer must say), sorted."""
         return sorted(self._bytes_absent)
 
-    def remember_bytes(self, pieces: dict[int, bytes]) -> None:
-        """Token bytes from the tokenizer: store them and keep them."""
-        if pieces:
-            self.store.put_token_bytes(self.vocab_key, pieces)
-            self._bytes.update(pieces)
-            self._bytes_absent.difference_update(pieces)
+    def bytes_known(self, pieces: dict[int, bytes]) -> None:
+        """Token bytes just written to the store by the tokenizer's answer: keep them."""
+        self._bytes.update(pieces)
+        self._bytes_absent.difference_update(pieces)

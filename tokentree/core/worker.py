@@ -1,4 +1,4 @@
-"""The model worker: one thread runs every Job's `run` (the engine is single-threaded);
+"""The model worker: one thread runs every Task's `run` (the engine is single-threaded);
 results are handed back to the UI thread, which applies them in `deliver()`.
 
 The worker never touches the store or the widgets. After each job it calls `notify()` from
@@ -11,11 +11,21 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Callable
-
-from tokentree.jobs import Job
+from dataclasses import dataclass
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Task:
+    """A unit of model work: `run` happens on the worker thread and may touch only the
+    engine; `finish`/`fail` happen on the UI thread and may touch the store."""
+
+    label: str  # what the status bar says while it runs
+    run: Callable[[], Any]
+    finish: Callable[[Any], None]
+    fail: Callable[[BaseException], None]
 
 
 class Worker:
@@ -24,13 +34,13 @@ class Worker:
 
     def __init__(self, notify: Callable[[], None] = lambda: None) -> None:
         self._notify = notify
-        self._todo: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self._done: queue.SimpleQueue[tuple[Job, object, BaseException | None]] = queue.SimpleQueue()
+        self._todo: queue.SimpleQueue[Task | None] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[tuple[Task, object, BaseException | None]] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="tokentree-model", daemon=True)
         self._thread.start()
         self.pending = 0  # submitted, not yet delivered
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Task) -> None:
         self.pending += 1
         self._todo.put(job)
 
@@ -75,10 +85,10 @@ class InlineWorker:
     Used by widget tests so every key press has a deterministic result."""
 
     def __init__(self) -> None:
-        self._done: list[tuple[Job, object, BaseException | None]] = []
+        self._done: list[tuple[Task, object, BaseException | None]] = []
         self.pending = 0
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Task) -> None:
         self.pending += 1
         try:
             self._done.append((job, job.run(), None))

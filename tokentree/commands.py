@@ -1,0 +1,100 @@
+"""The command registry: every command the screen runs is declared here, once.
+
+A declaration names the command (what `[keys]` in config.toml and the help call it), its
+default keys (urwid's key names), its help text, the context it works in, and its handler as
+a target object ("explorer": the Explorer; "app": the urwid ExplorerApp), a method name and
+fixed arguments. The keymap (tui/keymap.py), the `[keys]` validation, the help overlay and
+dispatch (ExplorerApp.run_command) all read this table (mitmproxy's console is the model).
+
+Urwid-free on purpose: the launcher validates `[keys]` against it before the model loads and
+before urwid is imported.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+# Contexts: where a command's keys work.
+GLOBAL = "global"  # everywhere, also over the help overlay
+EXPLORER = "explorer"  # the main screen
+TEXT = "text"  # a text field: printable keys type; text commands and global ctrl-keys run
+CONTEXTS = (GLOBAL, EXPLORER, TEXT)
+
+# Targets: the object whose method handles the command.
+TARGETS = ("explorer", "app")
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    keys: tuple[str, ...]  # defaults, in urwid's key names
+    help: str
+    target: str  # one of TARGETS
+    method: str
+    args: tuple = ()
+    context: str = EXPLORER
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"command {self.name}: unknown target {self.target!r} (targets: {TARGETS})")
+        if self.context not in CONTEXTS:
+            raise ValueError(f"command {self.name}: unknown context {self.context!r} (contexts: {CONTEXTS})")
+        if not self.method.isidentifier():
+            raise ValueError(f"command {self.name}: bad method name {self.method!r}")
+
+    def handler(self, targets: Mapping[str, object]) -> Callable[[], object]:
+        """The bound handler, e.g. `explorer.cursor(-1)` as a call without arguments."""
+        method = getattr(targets[self.target], self.method)
+        return functools.partial(method, *self.args) if self.args else method
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("cursor_up", ("up", "k"), "move the selection up",
+            target="explorer", method="cursor", args=(-1,)),
+    Command("cursor_down", ("down", "j"), "move the selection down",
+            target="explorer", method="cursor", args=(1,)),
+    Command("append", ("right", "l"), "append the selected token (follow the child if explored)",
+            target="explorer", method="append"),
+    Command("pop", ("left", "h"), "pop the last token (it stays selected: right re-appends it)",
+            target="explorer", method="pop"),
+    Command("walk_forward", ("shift right", "L"), "walk forward along the explored path to its leaf",
+            target="explorer", method="walk_forward"),
+    Command("prev_branch", ("w",), "previous branch",
+            target="explorer", method="switch_branch", args=(-1,)),
+    Command("next_branch", ("s",), "next branch",
+            target="explorer", method="switch_branch", args=(1,)),
+    Command("duplicate_branch", ("d",), "duplicate the current branch and focus it",
+            target="explorer", method="duplicate_branch"),
+    Command("remove_branch", ("a",), "remove the current branch from the list (nodes stay)",
+            target="explorer", method="remove_branch"),
+    Command("undo", ("u",), "undo the last change",
+            target="explorer", method="undo"),
+    Command("cycle_view", ("e",), "prompt view: plain, probability, entropy, attention influence",
+            target="explorer", method="cycle_prompt_view"),
+    Command("cycle_layer_view", ("p",), "layer view: off, layer probabilities, layer-normalized",
+            target="explorer", method="cycle_layer_view"),
+    Command("toggle_tree", ("t",), "show or hide the tree overview",
+            target="app", method="toggle_tree"),
+    Command("save_branch", ("x",), "save the branch text under the saved-prompts dir",
+            target="explorer", method="save_branch"),
+    Command("reset_branch", ("ctrl r",), "reset the branch to its root prompt",
+            target="explorer", method="reset_branch"),
+    Command("help", ("?",), "show or hide this help",
+            target="app", method="toggle_help", context=GLOBAL),
+    Command("quit", ("ctrl q",), "quit (everything is already saved)",
+            target="app", method="quit", context=GLOBAL),
+)
+
+
+def check_registry(commands: Sequence[Command]) -> None:
+    """Command names are unique (a registry is a table, not a list of wishes)."""
+    seen: set[str] = set()
+    for command in commands:
+        if command.name in seen:
+            raise ValueError(f"command {command.name} is declared twice")
+        seen.add(command.name)
+
+
+check_registry(COMMANDS)

@@ -1,0 +1,245 @@
+"""The write side: commands that each validate against the projections and append ONE event,
+which the projector applies in the same transaction.
+
+:class:`Commands` runs inside the caller's ``BEGIN IMMEDIATE`` transaction (see
+:meth:`Store.writing`), so what it validates cannot change before its event is written.
+
+``expected_version``: a command built from a screen passes the session version that screen
+was read at; when the session has moved on (another window wrote to it), the command is
+refused with :class:`StaleCommand` and writes nothing. None: no such check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, func, insert, select
+from sqlalchemy import exc as sa_exc
+
+from tokentree.errors import ConcurrencyError, StaleCommand, StoreError
+
+from . import events as ev
+from . import projector
+from .events import Event, EventData, dump_payload, to_payload, type_name, utc_now
+from .reads import Reader
+from .schema import branches_t, events_t
+
+_INS_EVENT = insert(events_t)
+_SEL_BRANCH = select(branches_t).where(branches_t.c.id == bindparam("bid"))
+_SEL_BRANCH_NODE = select(branches_t.c.node_id).where(branches_t.c.id == bindparam("bid"))
+_SEL_LIVE_AT = select(branches_t.c.id).where(
+    branches_t.c.session_id == bindparam("sid"),
+    branches_t.c.removed.is_(False),
+    branches_t.c.position == bindparam("pos"),
+)
+
+
+def check_token_id(token_id: int) -> int:
+    token_id = int(token_id)
+    if token_id < 0 or token_id >= 1 << 32:
+        raise StoreError("token ids must be in [0, 2**32)")
+    return token_id
+
+
+class Commands:
+    """Every command of the store, on one write connection."""
+
+    def __init__(self, conn: Connection, db_path: Path) -> None:
+        self.conn = conn
+        self.read = Reader(conn, db_path)
+
+    # ------------------------------------------------------------------ the event log
+
+    def append_event(
+        self, session_id: int, type_: str, payload: dict[str, Any], expected_version: int | None
+    ) -> Event:
+        """Append one event at version `expected_version + 1` (None: the next one) and
+        project it. ConcurrencyError when that version exists already."""
+        if type_ not in ev.EVENT_TYPES:
+            raise StoreError(f"unknown event type {type_!r}")
+        current = self.read.version(session_id)
+        expected = current if expected_version is None else expected_version
+        if expected > current:
+            raise ConcurrencyError(f"session {session_id} is at version {current}, not {expected}")
+        created_at = utc_now()
+        body = dump_payload(payload)
+        try:
+            seq = self.conn.execute(
+                _INS_EVENT,
+                dict(session_id=session_id, version=expected + 1, type=type_, payload=body, created_at=created_at),
+            ).inserted_primary_key[0]
+        except sa_exc.IntegrityError:
+            raise ConcurrencyError(
+                f"session {session_id} was changed by another tokentree process "
+                f"(version {expected + 1} already exists); reopen the session"
+            ) from None
+        event = Event(
+            seq=seq,
+            session_id=session_id,
+            version=expected + 1,
+            type=type_,
+            payload=ev.load_payload(body),
+            created_at=created_at,
+        )
+        projector.apply(self.conn, event)
+        return event
+
+    def _append(self, session_id: int, data: EventData, expected_version: int | None) -> Event:
+        return self.append_event(session_id, type_name(data), to_payload(data), expected_version)
+
+    def _check_version(self, session_id: int, expected_version: int | None) -> None:
+        """SessionNotFound for an unknown session; StaleCommand when the session is not at
+        `expected_version`."""
+        self.read.session_row(session_id)
+        if expected_version is None:
+            return
+        current = self.read.version(session_id)
+        if current != expected_version:
+            raise StaleCommand(
+                f"session {session_id} was changed in another window (now at version {current}, "
+                f"this screen shows {expected_version}); the screen has been refreshed"
+            )
+
+    # ------------------------------------------------------------------ validation helpers
+
+    def _live_branch(self, session_id: int, branch_id: int):
+        row = self.conn.execute(_SEL_BRANCH, {"bid": branch_id}).first()
+        if row is None or row.session_id != session_id or row.removed:
+            raise StoreError(f"no branch {branch_id} in session {session_id}")
+        return row
+
+    def _next_branch_id(self) -> int:
+        """Max + 1 over every branch row, removed ones included: ids are never reused."""
+        return (self.conn.execute(select(func.max(branches_t.c.id))).scalar() or 0) + 1
+
+    def _default_name(self, session_id: int) -> str:
+        made = self.conn.execute(
+            select(func.count()).select_from(branches_t).where(branches_t.c.session_id == session_id)
+        ).scalar_one()
+        return f"branch {made + 1}"
+
+    # ------------------------------------------------------------------ commands
+
+    def start_session(
+        self, *, model_name: str, fingerprint: str, vocab_key: str, prompt_sources: Sequence[str]
+    ) -> int:
+        sid = (self.conn.execute(select(func.max(events_t.c.session_id))).scalar() or 0) + 1
+        started = ev.SessionStarted(
+            model_name=model_name,
+            fingerprint=fingerprint,
+            vocab_key=vocab_key,
+            prompt_sources=tuple(str(s) for s in prompt_sources),
+        )
+        self._append(sid, started, 0)
+        return sid
+
+    def create_branch(
+        self,
+        session_id: int,
+        root_tokens: Sequence[int],
+        *,
+        source: str | None = None,
+        name: str | None = None,
+        expected_version: int | None = None,
+    ) -> int:
+        tokens = [int(t) for t in root_tokens]
+        if not tokens:
+            raise StoreError("a branch needs a prompt of at least one token")
+        if any(t < 0 or t >= 1 << 32 for t in tokens):
+            raise StoreError("token ids must be in [0, 2**32)")
+        self._check_version(session_id, expected_version)
+        branch_id = self._next_branch_id()
+        created = ev.BranchCreated(
+            branch_id=branch_id,
+            name=name if name is not None else self._default_name(session_id),
+            position=self.read.live_branch_count(session_id),
+            root_tokens=tuple(tokens),
+            source=source,
+            prev_focus=self.read.focus(session_id),
+        )
+        self._append(session_id, created, expected_version)
+        return branch_id
+
+    def append_token(self, session_id: int, branch_id: int, token_id: int, *, expected_version: int | None = None) -> int:
+        """Returns the branch's new node."""
+        token_id = check_token_id(token_id)
+        self._check_version(session_id, expected_version)
+        branch = self._live_branch(session_id, branch_id)
+        self._append(session_id, ev.TokenAppended(branch_id, token_id, branch.node_id), expected_version)
+        return self.conn.execute(_SEL_BRANCH_NODE, {"bid": branch_id}).scalar_one()
+
+    def pop_token(self, session_id: int, branch_id: int, *, expected_version: int | None = None) -> int:
+        """Returns the branch's new node (the parent of the old one)."""
+        self._check_version(session_id, expected_version)
+        branch = self._live_branch(session_id, branch_id)
+        parent = self.read.node(branch.node_id).parent_id
+        if parent is None:
+            raise StoreError("cannot pop the only token of the path")
+        self._append(session_id, ev.TokenPopped(branch_id, branch.node_id), expected_version)
+        return parent
+
+    def move_branch(self, session_id: int, branch_id: int, node_id: int, *, expected_version: int | None = None) -> None:
+        self._check_version(session_id, expected_version)
+        branch = self._live_branch(session_id, branch_id)
+        self.read.node(node_id)  # StoreError when there is no such node
+        self._append(session_id, ev.BranchMoved(branch_id, int(node_id), branch.node_id), expected_version)
+
+    def duplicate_branch(self, session_id: int, branch_id: int, *, expected_version: int | None = None) -> int:
+        """A copy right after the source, focused; returns its id."""
+        self._check_version(session_id, expected_version)
+        src = self._live_branch(session_id, branch_id)
+        new_id = self._next_branch_id()
+        duplicated = ev.BranchDuplicated(
+            source_branch_id=branch_id,
+            branch_id=new_id,
+            name=self._default_name(session_id),
+            position=src.position + 1,
+            prev_focus=self.read.focus(session_id),
+        )
+        self._append(session_id, duplicated, expected_version)
+        return new_id
+
+    def remove_branch(self, session_id: int, branch_id: int, *, expected_version: int | None = None) -> None:
+        self._check_version(session_id, expected_version)
+        branch = self._live_branch(session_id, branch_id)
+        if self.read.live_branch_count(session_id) <= 1:
+            raise StoreError("cannot remove the last branch")
+        focus = self.read.focus(session_id)
+        new_focus = focus
+        if focus == branch_id or focus is None:
+            # the neighbour: the branch after it, else the one before it
+            after = self.conn.execute(_SEL_LIVE_AT, {"sid": session_id, "pos": branch.position + 1}).scalar()
+            before = self.conn.execute(_SEL_LIVE_AT, {"sid": session_id, "pos": branch.position - 1}).scalar()
+            new_focus = after if after is not None else before
+        removed = ev.BranchRemoved(branch_id=branch_id, position=branch.position, prev_focus=focus, new_focus=new_focus)
+        self._append(session_id, removed, expected_version)
+
+    def focus_branch(self, session_id: int, branch_id: int, *, expected_version: int | None = None) -> None:
+        self._check_version(session_id, expected_version)
+        self._live_branch(session_id, branch_id)
+        self._append(session_id, ev.BranchFocused(branch_id, self.read.focus(session_id)), expected_version)
+
+    def reset_branch(self, session_id: int, branch_id: int, *, expected_version: int | None = None) -> None:
+        """Back to the end of the branch's root prompt."""
+        self._check_version(session_id, expected_version)
+        branch = self._live_branch(session_id, branch_id)
+        self._append(session_id, ev.BranchReset(branch_id, branch.node_id), expected_version)
+
+    def record_prompt_saved(
+        self, session_id: int, branch_id: int, path: str, *, expected_version: int | None = None
+    ) -> None:
+        self._check_version(session_id, expected_version)
+        self._live_branch(session_id, branch_id)
+        self._append(session_id, ev.PromptSaved(branch_id, str(path)), expected_version)
+
+    def undo(self, session_id: int, *, expected_version: int | None = None) -> str | None:
+        """Revert the latest undoable event not yet undone; returns its type name, or None
+        when there is nothing to undo (nothing is written then)."""
+        self._check_version(session_id, expected_version)
+        target = self.read.undo_target(session_id)
+        if target is None:
+            return None
+        self._append(session_id, ev.Undo(target_seq=target.seq, target_type=target.type), expected_version)
+        return target.type
