@@ -40,7 +40,7 @@ class SqlCounter:
 
         self.statements = self.reads = self.writes = 0
         self._event = event
-        engine = store._engine
+        engine = store.engine
 
         def on_exec(*args, **kwargs):
             self.statements += 1

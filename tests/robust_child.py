@@ -100,13 +100,13 @@ class Reporter:
         from sqlalchemy import func
 
         E = self.E
-        with self.store._read() as conn:
+        with self.store.read_transaction() as conn:
             top = conn.execute(self.select(func.max(E.c.seq)).where(E.c.session_id == session_id)).scalar()
         self.last_seq[session_id] = top or 0
 
     def report(self, session_id: int) -> None:
         E = self.E
-        with self.store._read() as conn:
+        with self.store.read_transaction() as conn:
             rows = conn.execute(
                 self.select(E.c.seq, E.c.session_id, E.c.version, E.c.type, E.c.payload)
                 .where(E.c.session_id == session_id, E.c.seq > self.last_seq.get(session_id, 0))
@@ -362,7 +362,7 @@ def stored_events(store) -> dict[int, tuple]:
     from tokentree.store.schema import EventRow
 
     E = EventRow.__table__
-    with store._read() as conn:
+    with store.read_transaction() as conn:
         rows = conn.execute(select(E.c.seq, E.c.session_id, E.c.version, E.c.type, E.c.payload)).all()
     return {seq: (sid, version, type_, digest(payload)) for seq, sid, version, type_, payload in rows}
 

@@ -326,8 +326,8 @@ class _SqlCounter:
             if conn.get_execution_options().get(BEGIN_OPTION) != "IMMEDIATE":
                 self.reads += 1
 
-        event.listen(store._engine, "before_cursor_execute", on_exec)
-        event.listen(store._engine, "begin", on_begin)
+        event.listen(store.engine, "before_cursor_execute", on_exec)
+        event.listen(store.engine, "begin", on_begin)
 
     def take(self):
         out = (self.statements, self.reads)

@@ -160,10 +160,10 @@ def test_random_commands_keep_every_invariant(tokentree_home, commands, eager):
                 assert not undo_stack or (len(undo_stack) == 1 and len(before) == 1)
             check_invariants(ex, store, sid)
         # rebuild == projection, and the database checks clean.
-        with store._read() as conn:
+        with store.read_transaction() as conn:
             projections = maintenance.snapshot(conn)
         maintenance.rebuild(store)
-        with store._read() as conn:
+        with store.read_transaction() as conn:
             assert maintenance.snapshot(conn) == projections
         assert maintenance.check(store) == []
     finally:

@@ -394,3 +394,30 @@ def test_tree_pane_keeps_branch_names_visible_on_long_segments(store):
     app.press("w", "t")  # focus back on "dog"; "branch 3" ends two tokens further on
     screen = "\n".join(lines(app))
     assert "[dog*]" in screen and "[branch 3]" in screen, screen
+
+
+def test_a_key_on_a_stale_screen_says_so_and_refreshes(tokentree_home):
+    """Another window moved the branch on: the next key here is refused with one status
+    line (nothing written), the screen then shows the other window's change, and the key
+    pressed again works."""
+    store = Store.open(default_db_path())
+    app = make_app(store)
+    ex = app.explorer
+    with Store.open(store.path) as other_store:
+        other = Explorer(other_store, ex.session_id, config=CONFIG, model_name=ex.model_name)
+        other.attach_engine(FakeEngine())
+        other.snapshot()
+        other.append()
+        other.run_jobs_inline()
+    events = store.events(ex.session_id)
+    shown_before = "".join(t.text for t in app.snapshot.prompt)
+    app.press("right")
+    assert store.events(ex.session_id) == events  # refused: nothing written
+    assert any("changed in another window" in line for line in lines(app))  # the status line
+    assert "another window" in (app.snapshot.message or "")
+    shown_now = "".join(t.text for t in app.snapshot.prompt)
+    assert shown_now != shown_before and shown_now.startswith(shown_before)  # the refresh
+    app.press("right")
+    app.settle()
+    assert len(store.events(ex.session_id)) == len(events) + 1
+    store.close()

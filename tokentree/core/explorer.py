@@ -19,7 +19,7 @@ from typing import Any
 
 from tokentree.errors import ModelLoadError, StaleCommand, TokentreeError
 from tokentree.prompts import save_prompt
-from tokentree.snapshot import LAYER_VIEWS, PROMPT_VIEWS, Snapshot
+from .snapshot import LAYER_VIEWS, PROMPT_VIEWS, Snapshot
 
 from . import jobs
 from .planner import BytesJob, Job, OutputsJob, Planner, Wants

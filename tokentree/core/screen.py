@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from tokentree.outputs import Analysis, NodeOutput
-from tokentree.snapshot import BranchRow, CandidateRow, PromptToken, Snapshot, Status
+from .snapshot import BranchRow, CandidateRow, PromptToken, Snapshot, Status
 from tokentree.tree.outline import Outline
 from tokentree.tree.text import join_pieces, placeholder, show_controls, visible
 

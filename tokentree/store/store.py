@@ -98,14 +98,6 @@ class Store:
             with conn.begin():
                 yield conn
 
-    # The old private names, still used by tests and benchmarks outside the store package.
-    _write = write_transaction
-    _read = read_transaction
-
-    @property
-    def _engine(self) -> Engine:
-        return self.engine
-
     @contextmanager
     def reading(self) -> Iterator[Reader]:
         """Many reads in ONE deferred transaction (one consistent WAL snapshot):

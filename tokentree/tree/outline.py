@@ -9,9 +9,9 @@ that hold a branch tip and marks the focused node.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
 from operator import attrgetter
 
-from tokentree.snapshot import TreeLine
 from tokentree.tree.segments import Chains, Style, walk
 from tokentree.tree.text import one_line, shorten
 
@@ -20,6 +20,16 @@ STYLE = Style("\u251c\u2500 ", "\u2514\u2500 ", "\u2502  ", "   ")
 
 _PIECE_TEXTS = 4096  # cut-chain texts kept between calls (branch tips move as keys are pressed)
 _by_id = attrgetter("id")
+
+
+@dataclass(frozen=True)
+class TreeLine:
+    """One line of the tree pane: a segment between fork points."""
+
+    indent: str  # box-drawing prefix
+    text: str
+    branches: tuple[str, ...]  # names of branches whose current node ends this segment
+    current: bool  # the focused branch's node is in this segment
 
 
 class Outline:

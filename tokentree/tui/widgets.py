@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import urwid
 
-from tokentree.snapshot import BranchRow, CandidateRow, Snapshot, TreeLine
+from tokentree.core.snapshot import BranchRow, CandidateRow, Snapshot, TreeLine
 from tokentree.tui.palette import LEVELS, gradient_attr, level
 
 _VIEW_GRADIENT = {"probability": "prob", "entropy": "ent", "influence": "inf"}

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tokentree.tree.outline import TreeLine
+
 PROMPT_VIEWS = ("plain", "probability", "entropy", "influence")
 LAYER_VIEWS = ("off", "layer", "layer_norm")
 
@@ -41,14 +43,6 @@ class BranchRow:
     logprob: float | None  # sum of log p of the appended tokens; None if unknown or none
     perplexity: float | None
     focused: bool
-
-
-@dataclass(frozen=True)
-class TreeLine:
-    indent: str  # box-drawing prefix
-    text: str
-    branches: tuple[str, ...]  # names of branches whose current node ends this segment
-    current: bool  # the focused branch's node is in this segment
 
 
 @dataclass(frozen=True)
