@@ -40,3 +40,13 @@ class Analysis:
     # Logit lens: candidate ids, then for each layer the probability of each candidate.
     lens_ids: tuple[int, ...] | None = None
     lens_probs: tuple[tuple[float, ...], ...] | None = None  # [layer][candidate]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a model backend can compute; the core asks this, never the backend's type."""
+
+    influence: bool = True  # attention influence (needs attention weights)
+    layer_lens: bool = True  # per-layer probabilities (logit lens)
+    # Why the layer lens is off, for the layer views to say (e.g. "not available for this model").
+    layer_lens_note: str | None = None
