@@ -3,8 +3,10 @@
 - "tiny": the tests' tiny Qwen2 model (tests/tiny_model.py).
 - "qwen2.5-0.5b-shape": a Qwen2 model with exactly the shape of Qwen2.5-0.5B (24 layers,
   hidden 896, 14 heads, 2 KV heads, intermediate 4864, vocabulary 151,936, tied embeddings)
-  and random weights, saved with the tests' small tokenizer. Ids the tokenizer does not know
-  decode to a placeholder; the compute per step is that of the real model.
+  and random weights, saved with the tests' small tokenizer extended to Qwen2.5's 151,665 ids
+  (`build_tokenizer(total_size=...)`: the extra ids are byte-level tokens no merge produces),
+  so the engine's real vocabulary and the 271 padding rows are those of the real model; the
+  compute per step is that of the real model.
 
 Both are written to a directory with `save_pretrained` and then loaded through
 `tokentree.lm.loader.load_model`, so the benchmarks measure the real loading code path.
@@ -18,6 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "tests") not in sys.path:
     sys.path.insert(0, str(ROOT / "tests"))
+
+QWEN25_05B_TOKENS = 151_665  # len(tokenizer) of Qwen2.5: the logits have 271 padding rows more
 
 QWEN25_05B_SHAPE = dict(
     vocab_size=151_936,
@@ -44,7 +48,7 @@ def build_qwen25_05b_shape(directory: str | Path, seed: int = 0) -> Path:
     from tiny_model import build_tokenizer
 
     directory = Path(directory)
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(total_size=QWEN25_05B_TOKENS)
     eos = tokenizer.eos_token_id
     config = Qwen2Config(**QWEN25_05B_SHAPE, bos_token_id=None, eos_token_id=eos)
     # Qwen2Config may take rope parameters in a `rope_parameters` dict on newer transformers;

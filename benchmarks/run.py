@@ -156,7 +156,8 @@ def bench_model(res: Results, plan: Plan, work: Path, log) -> None:
     t0 = time.perf_counter()
     loaded = load_model(str(model_dir))
     load_s = time.perf_counter() - t0
-    engine = Engine(loaded, top_k=config.top_k, cache_size=config.display.cache_size)
+    engine = Engine(loaded, top_k=config.top_k, cache_size=config.display.cache_size,
+                    prefill_chunk=config.model.prefill_chunk)
     model = loaded.model
     counter = PassCounter(model)
     cuda = loaded.device.startswith("cuda")
@@ -220,15 +221,19 @@ def bench_model(res: Results, plan: Plan, work: Path, log) -> None:
             raise RuntimeError(f"no data after a key press: {explorer.error or 'still waiting'}")
         return dt, (after[0] - before[0], after[1] - before[1]), snap
 
-    def check_counts(label, got: list[tuple[int, int]], expected: int):
+    def check_counts(label, got: list[tuple[int, int]], expected: int, calls: int | None = None):
+        """`expected` passes as the engine counts them; the hook counts model calls, which are
+        `calls` (default: one per pass; a prefill is one pass in ceil(n / chunk) calls)."""
+        calls = expected if calls is None else calls
         engine_counts = sorted({g[0] for g in got})
         hook_counts = sorted({g[1] for g in got})
-        ok = engine_counts == [expected] and hook_counts == [expected]
+        ok = engine_counts == [expected] and hook_counts == [calls]
         res.raw.setdefault("pass_counts", {})[label] = {
-            "engine": [g[0] for g in got], "hook": [g[1] for g in got], "expected": expected, "ok": ok,
+            "engine": [g[0] for g in got], "hook": [g[1] for g in got], "expected": expected, "calls": calls, "ok": ok,
         }
         if not ok:
-            log(f"WARNING: {label}: forward passes engine={engine_counts} hook={hook_counts}, expected {expected}")
+            log(f"WARNING: {label}: forward passes engine={engine_counts} hook={hook_counts}, "
+                f"expected {expected} ({calls} model calls)")
         return got[0][0] if len(engine_counts) == 1 else median([g[0] for g in got])
 
     for li, L in enumerate(plan.lengths):
@@ -243,7 +248,7 @@ def bench_model(res: Results, plan: Plan, work: Path, log) -> None:
             explorer = Explorer(store, sid, config=config, layer_prob=True, model_name=loaded.name, engine=engine)
         n_pre = len(probe.samples["prefill"])
         dt, got, _ = key_to_data(lambda: None)
-        open_passes = check_counts(f"open prompt {L}", [got], 1)
+        open_passes = check_counts(f"open prompt {L}", [got], 1, calls=-(-L // engine.prefill_chunk))
         res.add("open prompt", f"new prompt of {L} tokens: create_branch (store)", create_s * 1000, "ms")
         res.add("open prompt", f"new prompt of {L} tokens: prefill + store + screen", dt * 1000, "ms",
                 passes=open_passes,
@@ -404,13 +409,15 @@ def bench_model(res: Results, plan: Plan, work: Path, log) -> None:
         after = passes()
         counts.append((after[0] - before[0], after[1] - before[1]))
         assert len(outs) == len(prompt)
-    pf_passes = check_counts(f"prefill {plan.prefill_len}", counts, 1)
+    pf_calls = -(-len(prompt) // engine.prefill_chunk)
+    pf_passes = check_counts(f"prefill {plan.prefill_len}", counts, 1, calls=pf_calls)
     bare_pf_s, tt_pf_s = median(bare_pf), median(tt_pf)
     res.add("prefill", f"bare HF forward over {plan.prefill_len} tokens", bare_pf_s * 1000, "ms",
             n=len(bare_pf), low=min(bare_pf) * 1000, passes=1, note="model(input_ids=prompt): logits at every position")
     res.add("prefill", f"tokentree Engine.prefill of {plan.prefill_len} tokens", tt_pf_s * 1000, "ms",
             n=len(tt_pf), low=min(tt_pf) * 1000, baseline="one bare forward pass", ratio=tt_pf_s / bare_pf_s, passes=pf_passes,
-            note=f"{len(prompt)} NodeOutputs (top-{config.top_k} per position)")
+            note=f"{len(prompt)} NodeOutputs (top-{config.top_k} per position); one pass in {pf_calls} "
+                 f"chunks of {engine.prefill_chunk} tokens")
     res.add("memory", f"peak RSS during the {plan.prefill_len}-token prefill", peak_rss_mb(), "MiB")
     res.raw["samples_ms"]["bare_prefill"] = [x * 1000 for x in bare_pf]
     res.raw["samples_ms"]["tokentree_prefill"] = [x * 1000 for x in tt_pf]

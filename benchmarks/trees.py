@@ -212,8 +212,11 @@ class _StubEngine:
     def __init__(self, vocab_key: str, fingerprint: str):
         from types import SimpleNamespace
 
+        from tokentree.outputs import Capabilities
+
         self.loaded = SimpleNamespace(name=MODEL_NAME, vocab_key=vocab_key, fingerprint=fingerprint,
                                       device="none", dtype="float32", context_length=None)
+        self.capabilities = Capabilities()
         self.forward_passes = 0
 
     def _fail(self, *args, **kwargs):

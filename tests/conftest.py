@@ -23,22 +23,27 @@ from tiny_model import build_tiny_model  # noqa: E402
 class TinyModels(dict):
     """arch -> model dir, each built on first use (once per test session)."""
 
-    ARCHES = ("qwen2", "gpt2", "llama")
+    ARCHES = ("qwen2", "gpt2", "llama", "gemma2")
+    PADDED = {"qwen2-padded": "qwen2"}  # 16 padding rows in the LM head beyond the tokenizer's ids
 
     def __init__(self, root: Path):
         super().__init__()
         self.root = root
 
     def __missing__(self, arch: str) -> Path:
-        if arch not in self.ARCHES:
+        if arch in self.PADDED:
+            self[arch] = build_tiny_model(self.root / arch, self.PADDED[arch], pad_vocab=16)
+        elif arch in self.ARCHES:
+            self[arch] = build_tiny_model(self.root / arch, arch)
+        else:
             raise KeyError(arch)
-        self[arch] = build_tiny_model(self.root / arch, arch)
         return self[arch]
 
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> TinyModels:
-    """tiny_models["qwen2" | "gpt2" | "llama"]: a tiny random model with a trained tokenizer."""
+    """tiny_models["qwen2" | "gpt2" | "llama" | "gemma2" | "qwen2-padded"]: a tiny random model
+    with a trained tokenizer (gemma2 soft-caps its logits; qwen2-padded has padding rows)."""
     return TinyModels(tmp_path_factory.mktemp("models"))
 
 

@@ -12,7 +12,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from tokentree.outputs import Analysis, Distribution, NodeOutput
+from tokentree.outputs import Analysis, Capabilities, Distribution, NodeOutput
 
 VOCAB = [b"<s>", b" the", b" cat", b" sat", b" on", b" mat", b"\n", b"\t", b" a", b" dog",
          b"ran", b" away", b".", b",", b" and", b"\xe6", b"\x97", b"\xa5", b" \xe2\x82\xac", b"x"]
@@ -38,6 +38,7 @@ class FakeEngine:
         self.forward_passes = 0
         self.analyze_calls = 0
         self.step_analysis_calls = 0  # step_with_analysis: a step and its analysis in one pass
+        self.capabilities = Capabilities()
         self.gate = gate
 
     def _wait(self) -> None:
@@ -110,13 +111,20 @@ class FakeEngine:
         return self._analysis(tokens, influence, lens_ids)
 
     def _analysis(self, tokens, influence, lens_ids) -> Analysis:
-        infl = tuple((i + 1) / len(tokens) for i in range(len(tokens))) if influence else None
+        infl = sink = None
+        if influence:
+            # Like the engine: no value at position 0 (the sink) or at the last (the query);
+            # the others rise to 1.0 at the one before the last. The sink share needs n >= 2.
+            n = len(tokens)
+            infl = tuple(k / (n - 2) if 0 < k < n - 1 else None for k in range(n))
+            sink = 0.75 if n >= 2 else None
         lens = None
         if lens_ids:
             lens = tuple(tuple(min(1.0, (layer + 1) / self.loaded.num_layers * (1 / (k + 1)))
                                for k, _ in enumerate(lens_ids))
                          for layer in range(self.loaded.num_layers))
-        return Analysis(influence=infl, lens_ids=tuple(lens_ids) if lens_ids else None, lens_probs=lens)
+        return Analysis(influence=infl, lens_ids=tuple(lens_ids) if lens_ids else None, lens_probs=lens,
+                        sink_share=sink)
 
 
 def new_session(store, engine, prompts: dict[str, str]) -> int:

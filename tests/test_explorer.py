@@ -234,7 +234,9 @@ def test_influence_is_computed_once_and_cached(store, engine):
     assert ex.prompt_view == "influence" and ex.snapshot().view_pending
     ex.run_jobs_inline()
     snap = ex.snapshot()
-    assert not snap.view_pending and snap.prompt[-1].value == 1.0
+    assert not snap.view_pending and snap.prompt[-2].value == 1.0
+    assert snap.prompt[0].value is None and snap.prompt[-1].value is None  # the sink, the query: n/a
+    assert snap.sink_share == 0.75
     assert engine.analyze_calls == 1
     again = Explorer(store, ex.session_id, config=CONFIG)
     again.attach_engine(engine)
@@ -254,6 +256,27 @@ def test_layer_view_needs_layer_prob(store, engine):
     assert snap.num_layers == 4 and all(len(r.layers) == 4 for r in snap.candidates)
     ex.cycle_layer_view()
     assert max(ex.snapshot().candidates[1].layers) == pytest.approx(1.0)  # normalized per row
+
+
+def test_layer_views_say_when_the_model_has_no_faithful_lens(store, engine):
+    """A model whose last-layer lens does not match its own output (e.g. soft-capped
+    logits) gets no layer numbers at all: the view says why instead."""
+    from dataclasses import replace
+
+    note = "not available for this model (soft-capped logits)"
+    ex = explorer_for(store, engine, layer_prob=True)
+    ex.cycle_layer_view()
+    assert ex.layer_view == "layer"
+    engine.capabilities = replace(engine.capabilities, layer_lens=False, layer_lens_note=note)
+    ex.attach_engine(engine)  # e.g. the model loaded after a resume
+    assert ex.layer_view == "off" and note in ex.message
+    ex.cycle_layer_view()
+    assert ex.layer_view == "off" and note in ex.message
+    calls = engine.analyze_calls + engine.step_analysis_calls
+    ex.append()
+    ex.run_jobs_inline()
+    assert engine.analyze_calls + engine.step_analysis_calls == calls
+    assert all(r.layers is None for r in ex.snapshot().candidates)
 
 
 def test_save_branch_never_overwrites(store, engine):
@@ -374,7 +397,7 @@ def test_new_node_in_an_analysis_view_is_one_forward_pass(store, engine):
         snap = ex.snapshot()
         assert not snap.view_pending and snap.num_layers == 4
         assert all(r.layers is not None for r in snap.candidates)
-        assert snap.prompt[-1].value == 1.0  # influence of the new node
+        assert snap.prompt[-2].value == 1.0 and snap.prompt[-1].value is None  # the new node's influence
         assert engine.forward_passes == passes + k + 1 and engine.analyze_calls == analyses
     assert engine.step_analysis_calls == 3
     # The same numbers a separate analysis would give, and they were stored.

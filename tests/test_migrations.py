@@ -13,8 +13,10 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
 from tokentree.errors import StoreError
+from tokentree.outputs import Analysis
 from tokentree.resources import resource_path
-from tokentree.store import Store, migrate
+from tokentree.store import Store, migrate, prefix_key
+from tokentree.store.cache import pack_f32, pack_u32
 from tokentree.store.schema import Base
 
 
@@ -153,3 +155,48 @@ def test_foreign_sqlite_database_is_refused_and_left_untouched(tmp_path):
     with pytest.raises(StoreError, match="not a tokentree database"):
         Store.open(path)
     assert _fingerprint(path) == before
+
+
+def test_0002_adds_the_sink_share_and_clears_influence_of_the_old_definition(tmp_path):
+    """Influence cached before 0002 ranked heads with the attention sink in: it is a cache,
+    so the upgrade clears it (the view recomputes it) and keeps the rest of the row; the
+    downgrade drops the column and clears influence of the new definition (NaN positions)."""
+    path = tmp_path / "t.db"
+    store = Store.open(path)
+    with store.write_transaction() as conn:
+        command.downgrade(migrate.alembic_config(conn), "0001")
+    store.close()
+    key = prefix_key(None, 1, "v")
+    raw = sqlite3.connect(path)
+    assert "sink_share" not in {r[1] for r in raw.execute("PRAGMA table_info(node_analyses)")}
+    raw.execute("INSERT INTO models (id, fingerprint) VALUES (1, 'fp')")
+    raw.execute(
+        "INSERT INTO node_analyses (prefix_key, model_id, influence, lens_ids, lens_layers, lens_probs) "
+        "VALUES (?, 1, ?, ?, 1, ?)",
+        (key, pack_f32([1.0, 0.01, 0.02]), pack_u32([4]), pack_f32([0.5])),
+    )
+    raw.commit()
+    raw.close()
+    store = Store.open(path)  # upgrades to head
+    try:
+        got = store.get_analysis(key, "fp")
+        assert got.influence is None and got.sink_share is None
+        assert got.lens_ids == (4,) and got.lens_probs == ((0.5,),)
+        store.put_analysis(key, "fp", Analysis(influence=(None, 1.0, None), sink_share=0.5))
+        assert store.get_analysis(key, "fp").sink_share == 0.5
+        with store.write_transaction() as conn:
+            command.downgrade(migrate.alembic_config(conn), "0001")
+            insp = inspect(conn)
+            assert "sink_share" not in {c["name"] for c in insp.get_columns("node_analyses")}
+            # The batch rebuild kept the constraints' conventional names.
+            assert [c["name"] for c in insp.get_unique_constraints("node_analyses")] == [
+                "uq_node_analyses_prefix_key_model_id"]
+            assert [c["name"] for c in insp.get_foreign_keys("node_analyses")] == ["fk_node_analyses_model_id_models"]
+            row = conn.exec_driver_sql("SELECT influence, lens_ids FROM node_analyses").one()
+            assert row[0] is None and row[1] is not None
+            migrate.upgrade(conn)
+            ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+            assert compare_metadata(ctx, Base.metadata) == []
+        assert store.get_analysis(key, "fp").lens_ids == (4,)
+    finally:
+        store.close()

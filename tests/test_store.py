@@ -380,6 +380,24 @@ def test_analysis_merges_fields(store):
     assert store.get_analysis(key, "other") is None
 
 
+def test_influence_round_trips_its_missing_positions_and_sink_share(store):
+    """Positions without an influence value (the sink, the query) are NaN on disk and None
+    again in memory; the sink share is stored with the influence and replaced with it."""
+    key = prefix_key(None, 2, "v")
+    store.put_analysis(key, "fp", Analysis(influence=(None, 1.0, 0.5, 0.25, None), sink_share=0.875))
+    got = store.get_analysis(key, "fp")
+    assert got.influence == (None, 1.0, 0.5, 0.25, None) and got.sink_share == 0.875
+    with store.read_transaction() as conn:
+        blob = conn.execute(text("SELECT influence FROM node_analyses")).scalar()
+    assert [v != v for v in unpack_f32(blob)] == [True, False, False, False, True]  # NaN on disk
+    # A lens-only write keeps both; a new influence replaces both (a short prefix: no share).
+    store.put_analysis(key, "fp", Analysis(lens_ids=(4,), lens_probs=((0.5,),)))
+    assert store.get_analysis(key, "fp").sink_share == 0.875
+    store.put_analysis(key, "fp", Analysis(influence=(None,), sink_share=None))
+    got = store.get_analysis(key, "fp")
+    assert got.influence == (None,) and got.sink_share is None and got.lens_ids == (4,)
+
+
 def test_token_bytes_insert_or_ignore(store):
     store.put_token_bytes("v", {1: b"a", 2: b"\xff"})
     store.put_token_bytes("v", {1: b"changed", 3: b" c"})
@@ -565,7 +583,7 @@ def test_reader_batches_reads_in_one_transaction(store):
     sa_event.listen(store.engine, "begin", lambda conn: begins.append(1))
     with store.reading() as r:
         got = dict(
-            branches=r.branches(sid), seq=r.session_seq(sid), version=r.session_version(sid), top=r.max_node_id(),
+            branches=r.branches(sid), version=r.session_version(sid), top=r.max_node_id(),
             after=r.nodes_after(x, 10), after_few=r.nodes_after(x, 1),
             nodes=r.nodes([x, path[0].id, 10**9]), union=r.paths([x, other, 10**9]),
             kids=r.children([path[1].id, x, 10**9]), links=dict(r.subtree_links([path[1].id])),
@@ -575,10 +593,10 @@ def test_reader_batches_reads_in_one_transaction(store):
             pieces=r.token_bytes("vocab-a", [1, 2]),
         )
         with pytest.raises(SessionNotFound):
-            r.session_seq(10**6)
+            r.session_version(10**6)
     assert len(begins) == 1  # all of it in ONE read transaction
     assert [(b.id, b.node_id, b.focused) for b in got["branches"]] == [(b1, x, False), (b2, other, True)]
-    assert got["seq"] == store.events(sid)[-1].seq and got["version"] == 4
+    assert got["version"] == store.events(sid)[-1].version == 4
     top = got["top"]
     assert top == max(n.id for n in store.session_nodes(s2) + store.session_nodes(sid))
     assert [n.id for n in got["after"]] == list(range(x + 1, top + 1)) and got["after_few"] is None

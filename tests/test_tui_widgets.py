@@ -138,6 +138,23 @@ def test_prompt_colours_change_with_e(store):
     assert attrs_of(prompt_row(app)) <= {"prompt", "appended", "cursor"}
 
 
+def test_influence_view_shows_the_sink_share_and_no_value_at_the_sink(store):
+    """The first token (the usual attention sink) and the last (the query) have no influence
+    value: drawn as n/a. The sink's share is a number in the legend, which fits 80 columns."""
+    app = make_app(store, prompts={"dog": " a dog and"})
+    app.press("e", "e", "e")
+    app.settle()
+    assert app.snapshot.prompt_view == "influence" and app.snapshot.sink_share == 0.75
+    row = prompt_row(app)
+    by_text = {text: attr for attr, text in row if text.strip()}
+    assert by_text[" a"] == "na" and by_text[" and"] == "na"  # the sink, the query
+    assert by_text[" dog"] == "inf_7"  # the one position in between: 1.0
+    legend = row_with(app, "sink 0.75")
+    text = "".join(t for _, t in legend).split("\u2502")[1].rstrip()
+    assert text.startswith("influence view") and text.endswith("\u00b7 sink 0.75")
+    assert len(text) <= 78  # inside the pane's borders on an 80-column terminal
+
+
 def test_branch_keys_change_the_branch_list(store):
     app = make_app(store)
     focused = lambda: next(line for line in branch_lines(app) if "\u25b6" in line)  # noqa: E731

@@ -1,10 +1,16 @@
 """Build tiny random-weight causal LMs with a small trained tokenizer, for tests and offline use.
 
-    uv run python tests/tiny_model.py DIR [--arch qwen2|gpt2|llama]
+    uv run python tests/tiny_model.py DIR [--arch qwen2|gpt2|llama|gemma2] [--pad-vocab N]
 
 writes a model directory that `tokentree --model DIR` loads through the normal code path.
 Nothing is downloaded: the tokenizer is trained here with the `tokenizers` library and the
 weights are random with a fixed seed.
+
+- gemma2: soft-caps its logits (`final_logit_softcapping`), so its last layer's logit lens
+  does not equal its output distribution.
+- --pad-vocab N: N padding rows in the embedding and LM head beyond the tokenizer's ids (as
+  Qwen2.5 has 151,936 rows for 151,665 ids), with large weights so that code which forgets to
+  cut them off would rank them first and give them most of the mass.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-ARCHES = ("qwen2", "gpt2", "llama")
+ARCHES = ("qwen2", "gpt2", "llama", "gemma2")
 
 CORPUS = [
     "Question: Natalia sold clips to 48 of her friends in April, and then she sold half as many clips to her friends in May.",
@@ -33,8 +39,12 @@ CORPUS = [
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
-def build_tokenizer(vocab_size: int = 384, add_bos: bool = False):
-    """A byte-level BPE tokenizer (like GPT-2 and Qwen2) trained on CORPUS."""
+def build_tokenizer(vocab_size: int = 384, add_bos: bool = False, total_size: int | None = None):
+    """A byte-level BPE tokenizer (like GPT-2 and Qwen2) trained on CORPUS. With `total_size`,
+    its vocabulary is extended to that many ids with byte-level tokens that no merge produces
+    (so encoding is unchanged), e.g. 151,665 for a Qwen2.5-sized vocabulary."""
+    import json
+
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -48,6 +58,10 @@ def build_tokenizer(vocab_size: int = 384, add_bos: bool = False):
         show_progress=False,
     )
     tok.train_from_iterator(CORPUS, trainer=trainer)
+    if total_size and total_size > tok.get_vocab_size():
+        spec = json.loads(tok.to_str())
+        spec["model"]["vocab"] = _extended_vocab(spec["model"]["vocab"], total_size)
+        tok = Tokenizer.from_str(json.dumps(spec))
     bos = "<|im_start|>"
     if add_bos:
         # Llama-style: every encoding starts with a BOS token.
@@ -67,8 +81,22 @@ def build_tokenizer(vocab_size: int = 384, add_bos: bool = False):
     )
 
 
+def _extended_vocab(vocab: dict[str, int], size: int) -> dict[str, int]:
+    """`vocab` plus " aaa", " aab", ... (byte-level spelling) until it has `size` ids."""
+    from itertools import product
+    from string import ascii_lowercase
+
+    vocab = dict(vocab)
+    for length in range(3, 6):
+        for letters in product(ascii_lowercase, repeat=length):
+            if len(vocab) >= size:
+                return vocab
+            vocab.setdefault("\u0120" + "".join(letters), len(vocab))  # \u0120 is a space
+    return vocab
+
+
 def build_config(arch: str, vocab_size: int, tokenizer):
-    from transformers import GPT2Config, LlamaConfig, Qwen2Config
+    from transformers import Gemma2Config, GPT2Config, LlamaConfig, Qwen2Config
 
     eos = tokenizer.eos_token_id
     if arch == "gpt2":
@@ -85,24 +113,37 @@ def build_config(arch: str, vocab_size: int, tokenizer):
         return Qwen2Config(**common, tie_word_embeddings=True, bos_token_id=None)
     if arch == "llama":
         return LlamaConfig(**common, tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id)
+    if arch == "gemma2":
+        return Gemma2Config(
+            **common, head_dim=16, query_pre_attn_scalar=16, tie_word_embeddings=True,
+            bos_token_id=None, pad_token_id=eos, sliding_window=128,
+            final_logit_softcapping=5.0,  # strong, so the lens differs clearly (Gemma 2 uses 30)
+        )
     raise ValueError(f"unknown arch {arch!r}; choose from {', '.join(ARCHES)}")
 
 
-def build_tiny_model(directory: str | Path, arch: str = "qwen2", seed: int = 0) -> Path:
-    """Write a tiny `arch` model and its tokenizer to `directory`; return the directory."""
+def build_tiny_model(directory: str | Path, arch: str = "qwen2", seed: int = 0, pad_vocab: int = 0) -> Path:
+    """Write a tiny `arch` model and its tokenizer to `directory`; return the directory.
+    `pad_vocab` adds that many padding rows (ids the tokenizer does not have) to the head."""
     import torch
     from transformers import AutoModelForCausalLM
 
     directory = Path(directory)
     tokenizer = build_tokenizer(add_bos=(arch == "llama"))
-    config = build_config(arch, len(tokenizer), tokenizer)
+    real = len(tokenizer)
+    config = build_config(arch, real + pad_vocab, tokenizer)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():
         # Random init is nearly uniform over the vocabulary; scale up the output so the
         # distributions are peaked like a real model's and top-k orders are stable.
         tied = getattr(config, "tie_word_embeddings", False)
-        model.get_output_embeddings().weight.mul_(5.5 if tied else 25.0)
+        head = model.get_output_embeddings().weight
+        head.mul_(5.5 if tied else 25.0)
+        if pad_vocab:
+            # Padding rows far larger than any real row: whatever the hidden state, some of
+            # them get the largest logits, so unsliced math would put them on top.
+            head[real:] = torch.randn(pad_vocab, head.shape[1]) * 4.0
     model.eval()
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
@@ -115,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("directory")
     parser.add_argument("--arch", choices=ARCHES, default="qwen2")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pad-vocab", type=int, default=0, help="padding rows beyond the tokenizer's ids")
     args = parser.parse_args(argv)
-    path = build_tiny_model(args.directory, args.arch, args.seed)
+    path = build_tiny_model(args.directory, args.arch, args.seed, args.pad_vocab)
     print(f"wrote a tiny {args.arch} model to {path}")
     return 0
 

@@ -19,6 +19,9 @@ from tokentree.paths import user_config_path
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "Qwen/Qwen2.5-0.5B"
+    # Prompt tokens per forward call when a prompt is read: bounds its memory (a call holds
+    # chunk x vocabulary logits) without a second pass.
+    prefill_chunk: int = 512
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class Config:
 
 
 _SECTIONS = {"model": ModelConfig, "prompt": PromptConfig, "display": DisplayConfig}
-_POSITIVE = {("display", "tokens_to_show"), ("display", "cache_size")}
+_POSITIVE = {("display", "tokens_to_show"), ("display", "cache_size"), ("model", "prefill_chunk")}
 
 
 def find_config(explicit: str | Path | None) -> Path | None:

@@ -105,5 +105,6 @@ def _load_engine(args: argparse.Namespace, config: Config, model_name: str, *, q
         print(f"tokentree: loading {model_name} ...", file=sys.stderr, flush=True)
     loaded = load_model(model_name, device=args.device, bf16=args.bf16,
                         trust_remote_code=args.trust_remote_code)
-    return Engine(loaded, top_k=config.top_k, cache_size=config.display.cache_size)
+    return Engine(loaded, top_k=config.top_k, cache_size=config.display.cache_size,
+                  prefill_chunk=config.model.prefill_chunk)
 

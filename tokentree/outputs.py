@@ -35,11 +35,15 @@ class NodeOutput:
 class Analysis:
     """Optional, view-driven values for one node; computed only when a view asks."""
 
-    # Attention influence of every prefix position on the last one, max-normalized to [0, 1].
-    influence: tuple[float, ...] | None = None
+    # Attention influence of every prefix position on the last one, max-normalized to [0, 1];
+    # None at position 0 (the usual attention sink) and at the last position (the query).
+    influence: tuple[float | None, ...] | None = None
     # Logit lens: candidate ids, then for each layer the probability of each candidate.
     lens_ids: tuple[int, ...] | None = None
     lens_probs: tuple[tuple[float, ...], ...] | None = None  # [layer][candidate]
+    # With `influence`: the mean over every (layer, head) row of the last position's attention
+    # weight on position 0. None for a one-token prefix (position 0 is the query itself).
+    sink_share: float | None = None
 
 
 @dataclass(frozen=True)

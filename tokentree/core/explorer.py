@@ -84,6 +84,9 @@ class Explorer:
             self._screen.model_changed()
         self.engine = engine
         self.error = None
+        if not engine.capabilities.layer_lens and self.layer_view != "off":
+            self.layer_view = "off"  # never draw a lens the model's own output contradicts
+            self.message = f"layer views: {engine.capabilities.layer_lens_note}"
 
     def loading_job(self, load_engine: Callable[[], Any]) -> Task:
         """The task that loads the model in the worker and attaches it when done."""
@@ -241,6 +244,9 @@ class Explorer:
         if not self.layer_prob:
             self.message = "layer views are off: start tokentree with --layer_prob to enable them"
             return
+        if self.engine is not None and not self.engine.capabilities.layer_lens:
+            self.message = f"layer views: {self.engine.capabilities.layer_lens_note}"
+            return
         self.layer_view = LAYER_VIEWS[(LAYER_VIEWS.index(self.layer_view) + 1) % len(LAYER_VIEWS)]
 
     def save_branch(self) -> Path | None:
@@ -322,8 +328,9 @@ class Explorer:
 
     # ------------------------------------------------------------------ model work
     def _wants(self) -> Wants:
-        layers_on = self.layer_view != "off" and self.layer_prob
-        return Wants(influence=self.prompt_view == "influence",
+        caps = self.engine.capabilities
+        layers_on = self.layer_view != "off" and self.layer_prob and caps.layer_lens
+        return Wants(influence=self.prompt_view == "influence" and caps.influence,
                      lens_count=self.config.display.tokens_to_show if layers_on else 0)
 
     def _plan(self) -> Job | None:

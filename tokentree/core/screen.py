@@ -130,6 +130,7 @@ class Screen:
                 entropy=out.next.entropy if out else None,
                 norm_entropy=out.next.norm_entropy if out else None,
                 view_pending=_view_pending(state, analysis, rows, out),
+                sink_share=analysis.sink_share if analysis is not None and state.prompt_view == "influence" else None,
                 num_layers=num_layers if state.layer_view != "off" else 0,
                 tree=tuple(self.tree_lines()) if with_tree else (),
                 version=view.version(),
@@ -271,7 +272,7 @@ class Screen:
                 value = o.next.norm_entropy if o is not None else None
                 missing = o is None
             elif prompt_view == "influence" and influence is not None and k < len(influence):
-                value = influence[k]
+                value = influence[k]  # None (n/a) at position 0, the sink, and at the last
             tokens.append(PromptToken(text=shown(k), token_id=node.token_id,
                                       appended=node.depth > root_depth, value=value))
             if values_stable == k and not missing:

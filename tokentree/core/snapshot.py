@@ -19,7 +19,8 @@ class PromptToken:
     text: str  # the piece as it reads in running text ('' for the first bytes of a split character)
     token_id: int
     appended: bool  # added by the user (not part of the branch's root prompt)
-    # The view value in [0, 1], or None for "n/a" (first token, not computed yet).
+    # The view value in [0, 1], or None for "n/a" (first token, not computed yet; in the
+    # influence view the first token, the usual attention sink, and the last, the query).
     value: float | None
 
 
@@ -76,6 +77,8 @@ class Snapshot:
     entropy: float | None = None  # nats
     norm_entropy: float | None = None
     view_pending: bool = False  # the active view's values are still being computed
+    # Influence view: the mean attention weight of the last position on position 0 (the sink).
+    sink_share: float | None = None
     num_layers: int = 0
     tree: tuple[TreeLine, ...] = field(default_factory=tuple)
     version: int = 0  # the session's event version this was built from (commands carry it)

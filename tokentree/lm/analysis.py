@@ -19,10 +19,9 @@ INFLUENCE_HEADS = 32
 
 def _entropy_of(log_probs: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     """-sum(p log p) along the last dim, from both forms of the same distribution."""
-    if log_probs.dim() == 1:
-        ent = -torch.dot(probs, log_probs)
-    else:  # one fused dot product per row: no [n, V] temporary
-        ent = -torch.bmm(probs.unsqueeze(-2), log_probs.unsqueeze(-1)).view(probs.shape[:-1])
+    # vecdot, not bmm: a batch of [1, V] x [V, 1] products runs ~10x slower on a CPU (it was
+    # about half of a prefill's cost over a bare forward pass).
+    ent = -torch.linalg.vecdot(probs, log_probs)
     bad = torch.isnan(ent)
     if bool(bad.any()):  # a -inf logit: 0 * -inf. entr(p) = -p log p is defined as 0 at p = 0
         ent[bad] = torch.special.entr(probs[bad]).sum(dim=-1)
@@ -34,7 +33,10 @@ def summarize(
 ) -> tuple[list[Distribution], list[float], list[int]]:
     """Per row of `logits` [n, V]: its Distribution (top-k, entropy, H / log V) and, when
     `targets` [m] (m <= n) is given, the probability and rank of targets[i] under row i.
-    One log_softmax per call; probabilities, entropy, top-k and ranks all derive from it."""
+    One log_softmax per call; probabilities, entropy, top-k and ranks all derive from it.
+    V is the real vocabulary: the caller cuts padding rows off first (a view is fine), so
+    they take no mass, no rank and no part in log V. Keep n small (~16 rows): the [n, V]
+    temporaries then stay in the CPU cache."""
     logits = logits.float()
     vocab = logits.shape[-1]
     log_probs = torch.log_softmax(logits, dim=-1)
@@ -51,8 +53,22 @@ def summarize(
     # rank = 1 + tokens with a strictly greater probability, compared on the log scale (no
     # ties from exp underflow; equal logits tie exactly, as equal probabilities do).
     t_log = log_probs[:m].gather(-1, targets.view(-1, 1))
-    ranks = (log_probs[:m] > t_log).sum(dim=-1) + 1
-    return dists, t_log.view(-1).exp().tolist(), ranks.tolist()
+    return dists, t_log.view(-1).exp().tolist(), _ranks(log_probs[:m], top.values[:m], t_log).tolist()
+
+
+def _ranks(log_probs: torch.Tensor, top_values: torch.Tensor, t_log: torch.Tensor) -> torch.Tensor:
+    """1 + the number of entries of each row of `log_probs` [m, V] strictly greater than
+    `t_log` [m, 1], given the row's top values [m, k] (descending). A target at least as likely
+    as the k-th value has every greater entry in the top k, so its rank is counted there; only
+    the other rows (for a real model, few of a prompt's tokens) pay for a compare over V."""
+    ranks = (top_values > t_log).sum(dim=-1) + 1
+    outside = (t_log < top_values[:, -1:]).view(-1)
+    if bool(outside.all()):
+        ranks = (log_probs > t_log).sum(dim=-1, dtype=torch.int32) + 1  # int32: sums faster than int64
+    elif bool(outside.any()):
+        rows = outside.nonzero().view(-1)
+        ranks[rows] = (log_probs[rows] > t_log[rows]).sum(dim=-1) + 1
+    return ranks
 
 
 def distributions(logits: torch.Tensor, k: int) -> list[Distribution]:
@@ -68,19 +84,36 @@ def token_prob_rank(logits: torch.Tensor, token: int) -> tuple[float, int]:
     return lp.exp().item(), int((log_probs > lp).sum().item()) + 1
 
 
-def influence(rows: torch.Tensor, k: int = INFLUENCE_HEADS) -> torch.Tensor:
-    """Attention influence of each prefix position on the last one.
+def influence(rows: torch.Tensor, k: int = INFLUENCE_HEADS) -> tuple[torch.Tensor, float | None]:
+    """Attention influence of each prefix position on the last one, and the sink's share.
 
     `rows` is [heads, n]: for every (layer, head), the last position's attention over the n
-    prefix positions. Keep the k heads whose rows vary most across positions (all if fewer),
-    average them, and divide by the maximum.
+    prefix positions. Position 0 (the usual attention sink) and position n - 1 (the query
+    itself) are left out: over the remaining positions 1 .. n-2, keep the k heads whose raw
+    weights vary most (population variance; all heads if fewer), average their rows there and
+    divide by the maximum (a zero maximum leaves zeros). Returns the n values as float32 with
+    NaN at the two left-out positions (every position when n <= 2), and the sink share: the
+    mean over all rows of the weight on position 0 (None when n < 2, where position 0 is the
+    query itself).
     """
     rows = rows.float()
-    variance = rows.var(dim=-1, correction=0)  # population variance; n = 1 gives 0, not nan
-    chosen = rows[torch.topk(variance, min(k, rows.shape[0])).indices]
+    n = rows.shape[-1]
+    values = torch.full((n,), math.nan, dtype=torch.float32, device=rows.device)
+    sink = rows[:, 0].mean().item() if n >= 2 and rows.shape[0] else None
+    middle = rows[:, 1 : n - 1]
+    if middle.shape[-1] == 0 or rows.shape[0] == 0:
+        return values, sink
+    variance = middle.var(dim=-1, correction=0)  # one position gives 0 for every head, not nan
+    chosen = middle[torch.topk(variance, min(k, rows.shape[0])).indices]
     mean = chosen.mean(dim=0)
     peak = mean.max()
-    return mean / peak if peak > 0 else mean
+    values[1 : n - 1] = mean / peak if peak > 0 else mean
+    return values, sink
+
+
+def optional_values(values: torch.Tensor) -> tuple[float | None, ...]:
+    """A float tensor as Python floats, NaN (no value) as None."""
+    return tuple(None if math.isnan(v) else v for v in values.tolist())
 
 
 def logit_lens(
@@ -88,8 +121,11 @@ def logit_lens(
     norm: Callable[[torch.Tensor], torch.Tensor],
     head: Callable[[torch.Tensor], torch.Tensor],
     ids: Sequence[int],
+    vocab: int | None = None,
 ) -> torch.Tensor:
-    """Probabilities of `ids` read from each layer's hidden state [d] at the last position.
+    """Probabilities of `ids` read from each layer's hidden state [d] at the last position,
+    softmaxed over the first `vocab` logits (the real vocabulary: padding rows of the head
+    take no mass).
 
     `hidden` is one state per layer, the last one already after the model's final norm (as
     `output_hidden_states` returns it), so the norm is applied to all but the last.
@@ -97,5 +133,18 @@ def logit_lens(
     """
     states = torch.stack([h.reshape(-1) for h in hidden])
     normed = torch.cat([norm(states[:-1]), states[-1:]]) if len(hidden) > 1 else states
-    probs = torch.softmax(head(normed).float(), dim=-1)
+    probs = torch.softmax(head(normed)[..., :vocab].float(), dim=-1)
     return probs[:, list(ids)]
+
+
+def lens_error(last_hidden: torch.Tensor, logits: torch.Tensor, head, vocab: int) -> float:
+    """Largest absolute difference between the logit lens of the last layer and the model's
+    own next-token probabilities, over the first `vocab` ids, at every position.
+
+    `last_hidden` [..., d] is the last hidden state (after the final norm) and `logits`
+    [..., V] the model's output for the same positions. The head runs on the whole tensor, the
+    shape the model ran it on, so a model whose output is just head(hidden) matches exactly,
+    even in bfloat16; soft-capping or any other change to the logits shows as a difference."""
+    lens = torch.softmax(head(last_hidden)[..., :vocab].double(), dim=-1)
+    own = torch.softmax(logits[..., :vocab].double(), dim=-1)
+    return (lens - own).abs().max().item()

@@ -1,4 +1,4 @@
-"""KV-cached next-token analysis: one forward call per prompt, per step, per analysis.
+"""KV-cached next-token analysis: one pass per prompt, one forward call per step and analysis.
 
 The engine keeps an LRU of *cache lines*: a token prefix and its KV cache (a DynamicCache).
 A request picks the line sharing the longest prefix with it and feeds the model only the
@@ -15,6 +15,18 @@ tokens the line lacks:
   a pop (a sibling) crops the line by one and feeds ONE token. Only when the parent's logits
   are not kept is the parent's last token re-run in the same call (crop one more): still one
   forward call, but two rows, which costs far more than one on a CPU.
+
+A prompt is ONE pass in chunks of `prefill_chunk` tokens through the KV cache: each chunk's
+[chunk, V] logits are reduced to what is stored (top-k, entropy, the next token's probability
+and rank) before the next chunk runs, so memory stays bounded for any prompt length.
+
+Logits are cut to the tokenizer's real vocabulary (`vocab_size`) before any math: the padding
+rows of an LM head (Qwen2.5: 151,936 rows, 151,665 ids) never show, take mass or count.
+
+`forward_passes` counts passes over input as the rest of tokentree means them: a prefill is 1
+(each prompt token is fed exactly once), a step or analysis is 1, a cached node 0.
+`model_calls` counts every call of the model: a prefill of n tokens makes ceil(n / chunk).
+The load-time lens probe is in neither.
 """
 
 from __future__ import annotations
@@ -31,9 +43,14 @@ import torch
 from tokentree.lm import analysis
 from tokentree.lm.loader import LoadedModel
 from tokentree.lm.tokens import TokenBytes
-from tokentree.outputs import Analysis, NodeOutput
+from tokentree.outputs import Analysis, Capabilities, NodeOutput
 
-_ROWS_PER_CHUNK = 16  # rows x vocab per chunk of prefill math: small enough to stay in cache
+_SUMMARY_ROWS = 16  # rows per analysis.summarize call: [16, V] temporaries stay in the CPU cache
+PREFILL_CHUNK = 512  # tokens per model call: [512, 151,936] float32 logits are 297 MiB
+_LENS_TOLERANCE = 1e-4  # max |lens - model| probability for the last layer at load
+LENS_UNAVAILABLE = ("not available for this model: its last layer's lens does not match its "
+                    "output (e.g. logit soft-capping)")
+_PROBE_TEXT = "The quick brown fox jumps over the lazy dog."
 _PREFILL_ROWS_KEPT = 8  # a prefill keeps the logits of its last prefixes (a pop into the prompt)
 
 
@@ -88,18 +105,39 @@ def final_norm(model) -> torch.nn.Module:
 class Engine:
     """Turns token prefixes into NodeOutputs and Analyses. Used from one worker thread."""
 
-    def __init__(self, loaded: LoadedModel, *, top_k: int = 64, cache_size: int = 100):
+    def __init__(
+        self, loaded: LoadedModel, *, top_k: int = 64, cache_size: int = 100, prefill_chunk: int = PREFILL_CHUNK
+    ):
         self.loaded = loaded
         self.model = loaded.model
         self.top_k = top_k
         self.cache_size = max(1, cache_size)
-        self.forward_passes = 0
+        self.prefill_chunk = max(1, prefill_chunk)
+        self.forward_passes = 0  # passes over input: prefill 1, step 1, analysis 1 (module doc)
+        self.model_calls = 0  # every model call: a prefill makes ceil(n / prefill_chunk)
         self._token_bytes = TokenBytes(loaded.tokenizer)
         self._device = torch.device(loaded.device)
         self._lines: list[_Line] = []  # least recently used first
         # float32 [V] next-token logits after a prefix, least recently used first
         self._logits: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()
         self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        self.vocab_size, self.capabilities = self._probe()
+
+    def _probe(self) -> tuple[int, Capabilities]:
+        """One short forward at load: the real vocabulary size (ids the tokenizer knows, at
+        most the logits rows) and whether the last layer's logit lens equals the model's own
+        distribution. If it does not (soft-capped logits, an unusual head), the lens would show
+        numbers the model never produces, so the layer views are switched off (fail closed)."""
+        tokens = self.encode(_PROBE_TEXT)[:8] or [0]
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=torch.tensor([tokens], device=self._device), use_cache=False, output_hidden_states=True
+            )
+            vocab = min(len(self.loaded.tokenizer), out.logits.shape[-1])
+            error = analysis.lens_error(out.hidden_states[-1], out.logits, self.model.get_output_embeddings(), vocab)
+        if error < _LENS_TOLERANCE:
+            return vocab, Capabilities()
+        return vocab, Capabilities(layer_lens=False, layer_lens_note=LENS_UNAVAILABLE)
 
     # ------------------------------------------------------------------ tokens
     def encode(self, text: str) -> list[int]:
@@ -112,25 +150,34 @@ class Engine:
 
     # ------------------------------------------------------------------ model calls
     def prefill(self, tokens: Sequence[int]) -> list[NodeOutput]:
-        """Outputs for every prefix tokens[:i+1], from ONE forward pass over the prompt."""
+        """Outputs for every prefix tokens[:i+1], from ONE pass over the prompt: chunks of
+        `prefill_chunk` tokens through the KV cache, each token fed exactly once, each chunk's
+        logits reduced to the stored numbers before the next chunk runs."""
         tokens = tuple(tokens)
         if not tokens:
             raise ValueError("prefill needs at least one token")
+        self._check_ids(tokens)
         n = len(tokens)
+        keep_from = n - min(self.cache_size, _PREFILL_ROWS_KEPT)  # a pop into the prompt is one token
+        targets = torch.tensor(tokens[1:], dtype=torch.long, device=self._device)
+        dists: list = []
+        scores: list[tuple[float | None, int | None]] = [(None, None)]
+        self.forward_passes += 1
         with torch.inference_mode():
             line = _Line((), self._new_cache())
-            logits = self._run(line, tokens, 0).logits[0]  # [n, V]: every position is needed
-            for i in range(max(n - min(self.cache_size, _PREFILL_ROWS_KEPT), 0), n):
-                self._keep_logits(tokens[: i + 1], logits[i])  # the tip is the most recent
-            targets = torch.tensor(tokens[1:], dtype=torch.long, device=logits.device)
-            dists: list = []
-            scores: list[tuple[float | None, int | None]] = [(None, None)]
-            for lo in range(0, n, _ROWS_PER_CHUNK):
-                hi = min(lo + _ROWS_PER_CHUNK, n)
-                # Row i predicts tokens[i + 1]: it scores the node tokens[:i+2] (none for the last).
-                chunk, probs, ranks = analysis.summarize(logits[lo:hi], self.top_k, targets[lo:hi])
-                dists.extend(chunk)
-                scores.extend(zip(probs, ranks))
+            for start in range(0, n, self.prefill_chunk):
+                end = min(start + self.prefill_chunk, n)
+                logits = self._run(line, tokens[:end], start).logits[0, :, : self.vocab_size]  # [chunk, V]
+                for i in range(max(keep_from, start), end):
+                    self._keep_logits(tokens[: i + 1], logits[i - start])  # the tip is the most recent
+                for lo in range(start, end, _SUMMARY_ROWS):
+                    hi = min(lo + _SUMMARY_ROWS, end)
+                    # Row i predicts tokens[i + 1] (the next chunk's first token for a chunk's last
+                    # row): it scores the node tokens[:i+2]; the prompt's last row scores nothing.
+                    rows = analysis.summarize(logits[lo - start : hi - start], self.top_k, targets[lo:hi])
+                    dists.extend(rows[0])
+                    scores.extend(zip(rows[1], rows[2]))
+                del logits  # no view of it is left: this chunk's [chunk, V] is freed before the next
         return [NodeOutput(prob, rank, dist) for (prob, rank), dist in zip(scores, dists)]
 
     def step(self, prefix: Sequence[int], token: int) -> NodeOutput:
@@ -150,19 +197,24 @@ class Engine:
     ) -> tuple[NodeOutput, Analysis]:
         prefix = tuple(prefix)
         target = prefix + (token,)
+        self._check_ids((token,))
+        if not self.capabilities.layer_lens:
+            lens_count = 0  # fail closed: no lens numbers this model does not produce
         with torch.inference_mode():
             parent_logits = self._kept_logits(prefix) if prefix else None
             # Without the parent's logits, its last token is re-run in the same call.
             rerun = bool(prefix) and parent_logits is None
             line, start = self._checkout(target, feed_at_least=2 if rerun else 1)
+            self.forward_passes += 1
             with self._attention(influence):
                 out = self._run(
                     line, target, start, keep=2 if rerun else 1,
                     output_attentions=influence, output_hidden_states=lens_count > 0,
                 )
+            vocab = self.vocab_size
             if rerun:
-                parent_logits = self._keep_logits(prefix, out.logits[0, -2])
-            logits = self._keep_logits(target, out.logits[0, -1])
+                parent_logits = self._keep_logits(prefix, out.logits[0, -2, :vocab])
+            logits = self._keep_logits(target, out.logits[0, -1, :vocab])
             prob, rank = analysis.token_prob_rank(parent_logits, token) if prefix else (None, None)
             dist = analysis.distributions(logits[None], self.top_k)[0]
             lens_ids = None
@@ -181,18 +233,25 @@ class Engine:
         """Attention influence and/or logit-lens probabilities for `tokens`, from at most ONE
         forward call (the last token re-run on the cached prefix)."""
         tokens = tuple(tokens)
-        lens_ids = tuple(lens_ids) if lens_ids else None
+        lens_ids = tuple(lens_ids) if lens_ids and self.capabilities.layer_lens else None
         if not tokens or not (influence or lens_ids):
             return Analysis()
         with torch.inference_mode():
             line, start = self._checkout(tokens, feed_at_least=1)
+            self.forward_passes += 1
             with self._attention(influence):
                 out = self._run(
                     line, tokens, start, keep=1,
                     output_attentions=influence, output_hidden_states=lens_ids is not None,
                 )
-            self._keep_logits(tokens, out.logits[0, -1])
+            self._keep_logits(tokens, out.logits[0, -1, : self.vocab_size])
             return self._analysis(out, influence, lens_ids)
+
+    def _check_ids(self, ids: Sequence[int]) -> None:
+        """Only ids of the real vocabulary have a probability (padding rows are cut off)."""
+        bad = next((i for i in ids if not 0 <= i < self.vocab_size), None)
+        if bad is not None:
+            raise ValueError(f"token id {bad} is not in the model's vocabulary of {self.vocab_size} ids")
 
     @contextmanager
     def _attention(self, eager: bool):
@@ -214,12 +273,16 @@ class Engine:
         if influence:
             # Every (layer, head) row of the last position over the whole prefix.
             rows = torch.cat([a[0, :, -1, :] for a in out.attentions if a is not None])
-            result = Analysis(influence=tuple(analysis.influence(rows).tolist()))
+            values, sink_share = analysis.influence(rows)
+            # No value (None) at position 0, the usual sink, and at the last, the query itself.
+            result = Analysis(influence=analysis.optional_values(values), sink_share=sink_share)
         if lens_ids is not None:
             hidden = [h[0, -1] for h in out.hidden_states[1:]]  # one per layer, the last normed
-            probs = analysis.logit_lens(hidden, final_norm(model), model.get_output_embeddings(), lens_ids)
+            head = model.get_output_embeddings()
+            probs = analysis.logit_lens(hidden, final_norm(model), head, lens_ids, self.vocab_size)
             result = Analysis(
                 influence=result.influence,
+                sink_share=result.sink_share,
                 lens_ids=lens_ids,
                 lens_probs=tuple(tuple(row) for row in probs.tolist()),
             )
@@ -274,7 +337,7 @@ class Engine:
         ids = torch.tensor([target[start:]], device=self._device)
         if keep and self._keeps_logits:
             kwargs["logits_to_keep"] = keep  # skip the LM head for rows nobody reads
-        self.forward_passes += 1
+        self.model_calls += 1  # the callers count their own pass (a prefill is one, in chunks)
         try:
             out = self.model(input_ids=ids, cache=line.cache, use_cache=True, **kwargs)
         except BaseException:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from tokentree.errors import ModelLoadError
+from tokentree.lm.fingerprint import fingerprint
 
 
 @dataclass
@@ -21,7 +22,7 @@ class LoadedModel:
     name: str  # as given (hub name or path)
     device: str
     dtype: str  # "float32" | "bfloat16"
-    fingerprint: str  # name-or-resolved-path, revision where known, dtype
+    fingerprint: str  # name-or-resolved-path, revision (hub) or content hash (directory), dtype
     vocab_key: str  # short stable hash of the vocabulary and special tokens
     num_layers: int
     vocab_size: int  # size of the logits dimension
@@ -189,7 +190,7 @@ def load_model(
     model.eval()
     dtype_name = "bfloat16" if bf16 else "float32"
     revision = None if local else _revision(name)
-    fingerprint = f"{source}@{revision}:{dtype_name}" if revision else f"{source}:{dtype_name}"
+    identity = fingerprint(source, dtype_name, revision=revision, directory=path.resolve() if local else None)
     text_config = config.get_text_config()
     return LoadedModel(
         model=model,
@@ -197,7 +198,7 @@ def load_model(
         name=name,
         device=device,
         dtype=dtype_name,
-        fingerprint=fingerprint,
+        fingerprint=identity,
         vocab_key=vocab_key(tokenizer),
         num_layers=int(text_config.num_hidden_layers),
         vocab_size=int(model.get_output_embeddings().weight.shape[0]),

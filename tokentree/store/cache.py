@@ -3,7 +3,9 @@
 Per node: top-K ids as packed little-endian uint32, their probabilities as packed
 little-endian float32 (about 8*K bytes: 512 bytes at K = 64), entropy, normalized entropy,
 and the node's own token probability/rank. Never a full-vocabulary row. Probabilities read
-back are float32-rounded; everything else round-trips exactly.
+back are float32-rounded; everything else round-trips exactly. Per analysed node: the
+attention influence as packed float32 (NaN on disk = None, a position without a value) with
+its sink share, and the logit lens.
 
 This is not a projection: ``db rebuild`` keeps it, and it is shared by every session.
 Functions here take an open SQLAlchemy Connection; the Store owns transactions.
@@ -11,6 +13,7 @@ Functions here take an open SQLAlchemy Connection; the Store owns transactions.
 
 from __future__ import annotations
 
+import math
 import sys
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
@@ -56,6 +59,15 @@ def unpack_f32(blob: bytes) -> tuple[float, ...]:
     if _SWAP:  # pragma: no cover
         a.byteswap()
     return tuple(a)
+
+
+def pack_optional_f32(values: Iterable[float | None]) -> bytes:
+    """float32s with None stored as NaN (a value that is never a real one here)."""
+    return pack_f32(math.nan if v is None else v for v in values)
+
+
+def unpack_optional_f32(blob: bytes) -> tuple[float | None, ...]:
+    return tuple(None if math.isnan(v) else v for v in unpack_f32(blob))
 
 
 def _chunks(seq: Sequence, n: int = _CHUNK):
@@ -138,13 +150,13 @@ def get_analysis(conn: Connection, prefix_key: bytes, fingerprint: str) -> Analy
         return None
     t = NodeAnalysisRow
     row = conn.execute(
-        select(t.influence, t.lens_ids, t.lens_layers, t.lens_probs).where(
+        select(t.influence, t.sink_share, t.lens_ids, t.lens_layers, t.lens_probs).where(
             t.model_id == mid, t.prefix_key == bytes(prefix_key)
         )
     ).first()
     if row is None:
         return None
-    influence, lens_ids, layers, lens_probs = row
+    influence, sink_share, lens_ids, layers, lens_probs = row
     ids = unpack_u32(lens_ids) if lens_ids is not None else None
     probs = None
     if ids is not None and lens_probs is not None and layers is not None:
@@ -152,9 +164,10 @@ def get_analysis(conn: Connection, prefix_key: bytes, fingerprint: str) -> Analy
         n = len(ids)
         probs = tuple(tuple(flat[i * n : (i + 1) * n]) for i in range(layers))
     return Analysis(
-        influence=unpack_f32(influence) if influence is not None else None,
+        influence=unpack_optional_f32(influence) if influence is not None else None,
         lens_ids=ids,
         lens_probs=probs,
+        sink_share=sink_share if influence is not None else None,
     )
 
 
@@ -162,8 +175,9 @@ def put_analysis(conn: Connection, prefix_key: bytes, fingerprint: str, analysis
     """Insert or merge: fields that are None in `analysis` keep their stored value."""
     mid = model_id(conn, fingerprint, create=True)
     values: dict[str, object] = {}
-    if analysis.influence is not None:
-        values["influence"] = pack_f32(analysis.influence)
+    if analysis.influence is not None:  # the sink share goes with it (None included)
+        values["influence"] = pack_optional_f32(analysis.influence)
+        values["sink_share"] = None if analysis.sink_share is None else float(analysis.sink_share)
     if analysis.lens_ids is not None:
         if analysis.lens_probs is None:
             raise ValueError("lens_ids given without lens_probs")

@@ -110,12 +110,6 @@ class Reader:
     def session(self, session_id: int) -> SessionInfo:
         return _session_info(self.session_row(session_id))
 
-    def session_seq(self, session_id: int) -> int:
-        """The seq of the session's latest event (SessionNotFound for an unknown session).
-        The session's branches are a function of its events: while this is unchanged, so is
-        what :meth:`branches` returns."""
-        return self.session_row(session_id).last_seq
-
     def version(self, session_id: int) -> int:
         """The session's latest event version (0: no events, or no such session)."""
         return self.conn.execute(_SEL_VERSION, {"sid": session_id}).scalar() or 0

@@ -188,7 +188,8 @@ class NodeAnalysisRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     prefix_key: Mapped[bytes] = mapped_column(LargeBinary(16), nullable=False)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), nullable=False)
-    influence: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # float32s
+    influence: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # float32s, NaN = None
+    sink_share: Mapped[float | None] = mapped_column(Float, nullable=True)  # stored with `influence`
     lens_ids: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # uint32s
     lens_layers: Mapped[int | None] = mapped_column(Integer, nullable=True)
     lens_probs: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # float32s, [layer][cand]

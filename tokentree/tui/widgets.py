@@ -13,7 +13,7 @@ _VIEW_GRADIENT = {"probability": "prob", "entropy": "ent", "influence": "inf"}
 _VIEW_LEGEND = {
     "probability": ("token probability", "0", "1"),
     "entropy": ("entropy it was chosen from", "certain", "uncertain"),
-    "influence": ("influence on the next token", "none", "most"),
+    "influence": ("on next token", "none", "most"),
 }
 _LAYER_TITLE = {"layer": "layer probabilities", "layer_norm": "layer-normalized"}
 
@@ -112,8 +112,13 @@ class PromptPane(urwid.WidgetWrap):
         kind = _VIEW_GRADIENT[snap.prompt_view]
         what, low, high = _VIEW_LEGEND[snap.prompt_view]
         ramp = [(f"{kind}_{i}", "  ") for i in range(LEVELS)]
+        sink = []
+        if snap.prompt_view == "influence" and not snap.view_pending:
+            # The first token (the usual attention sink) is n/a; its share is a number.
+            share = [("legend", f"{snap.sink_share:.2f}")] if snap.sink_share is not None else [("na", "n/a")]
+            sink = [("legend", " \u00b7 sink "), *share]
         return [("legend", f"{snap.prompt_view} view, {what}: {low} "), *ramp, ("legend", f" {high}  "),
-                ("na", "n/a"), *pending]
+                ("na", "n/a"), *sink, *pending]
 
 
 class CandidateTable(urwid.WidgetWrap):
