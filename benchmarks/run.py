@@ -59,6 +59,8 @@ class Plan:
     resume_reps: int = 5  # resumes per process (the first is the cold one)
     resume_procs: int = 3  # fresh processes per tree
     export_reps: int = 3
+    fill_reps: int = 3  # fills of fill_tokens (explorer appends) and bare-step runs, per length
+    sample_reps: int = 3  # Engine.sample and sequential greedy fills, per length
     isolated: bool = True  # resume/export in fresh processes
     model_dir: str | None = None  # an existing model directory instead of building one
 
@@ -67,7 +69,7 @@ FULL = Plan(model="qwen2.5-0.5b-shape", lengths=(64, 256, 1024), prefill_len=100
             tree_sizes=(1_000, 10_000, 100_000))
 QUICK = Plan(model="tiny", lengths=(64, 128, 192), prefill_len=200, tree_sizes=(1_000, 10_000),
              step_reps=10, recompute_reps=(5,), prefill_reps=5, cached_reps=10, analysis_reps=3,
-             resume_procs=2)
+             resume_procs=2, fill_reps=1, sample_reps=1)
 
 
 # ------------------------------------------------------------------ model helpers
@@ -143,6 +145,7 @@ def bench_model(res: Results, plan: Plan, work: Path, log) -> None:
     from tokentree.core.explorer import Explorer
     from tokentree.lm.engine import Engine
     from tokentree.lm.loader import load_model
+    from tokentree.sampling import describe
     from tokentree.store import Store
 
     torch.set_num_threads(cores())
@@ -173,7 +176,9 @@ def bench_model(res: Results, plan: Plan, work: Path, log) -> None:
         f"on {loaded.device}, {torch.get_num_threads()} threads")
 
     ctx = loaded.context_length or 10**9
-    need = max(max(plan.lengths) + plan.step_reps + plan.sibling_reps + plan.analysis_reps + 8, plan.prefill_len + 1)
+    fill = config.explore.fill_tokens
+    need = max(max(plan.lengths) + plan.step_reps + plan.sibling_reps + plan.analysis_reps + 8
+               + fill * (plan.fill_reps + 1), plan.prefill_len + 1)
     if need > ctx:
         raise SystemExit(f"the model's context ({ctx}) is too short for this plan (needs {need})")
     tokens = corpus_tokens(loaded.tokenizer, max(max(plan.lengths), plan.prefill_len) + 64)
@@ -235,6 +240,87 @@ def bench_model(res: Results, plan: Plan, work: Path, log) -> None:
             log(f"WARNING: {label}: forward passes engine={engine_counts} hook={hook_counts}, "
                 f"expected {expected} ({calls} model calls)")
         return got[0][0] if len(engine_counts) == 1 else median([g[0] for g in got])
+
+    def bench_fill(L):
+        """A fill of `fill_tokens` through the explorer (f, key to data) vs as many bare HF
+        steps growing a cache, at the same lengths, interleaved."""
+        log(f"prefix {L}: fill of {fill} tokens (Explorer.fill) vs {fill} bare steps, x{plan.fill_reps}")
+        snap = explorer.snapshot()
+        path = [t.token_id for t in snap.prompt]
+        with torch.inference_mode():  # the bare cache holds the explorer's path (not timed)
+            cache = DynamicCache(config=model.config)
+            forward(path, cache=cache, use_cache=True)
+        bare, k2d, counts = [], [], []
+        for r in range(plan.fill_reps):
+            with torch.inference_mode():
+                sync()
+                t0 = time.perf_counter()
+                for i in range(fill):
+                    model(input_ids=tensor(extra[(r * fill + i) % len(extra):][:1]), cache=cache, use_cache=True)
+                sync()
+                bare.append(time.perf_counter() - t0)
+            before = passes()
+            t0 = time.perf_counter()
+            explorer.fill()  # f: the top candidate fill_tokens times, each step as it arrives
+            explorer.run_jobs_inline()
+            snap = explorer.snapshot()
+            k2d.append(time.perf_counter() - t0)
+            after = passes()
+            counts.append((after[0] - before[0], after[1] - before[1]))
+        del cache
+        fill_passes = check_counts(f"fill {fill} @ {L}", counts, fill)
+        bare_ms, k2d_ms = median(bare) * 1000, median(k2d) * 1000
+        res.add("fill", f"{fill} bare HF steps @ {L}", bare_ms, "ms", n=len(bare), low=min(bare) * 1000,
+                passes=fill, note="model(input_ids=[[t]], cache=DynamicCache) x fill_tokens, the cache growing")
+        res.add("fill", f"fill of {fill} tokens, key to data @ {L}", k2d_ms, "ms", n=len(k2d), low=min(k2d) * 1000,
+                baseline=f"{fill} bare HF steps", ratio=k2d_ms / bare_ms, passes=fill_passes,
+                note="Explorer.fill (f) to the end, then the screen: every step's command, store and output")
+        res.raw.setdefault("samples_ms", {})[f"fill_bare@{L}"] = [x * 1000 for x in bare]
+        res.raw["samples_ms"][f"fill_k2d@{L}"] = [x * 1000 for x in k2d]
+
+    def bench_sample(L):
+        """Engine.sample of sample_count x fill_tokens (one batched call per step) vs as many
+        sequential Engine.step greedy fills from the same node, interleaved."""
+        count, settings = config.explore.sample_count, config.sampling
+        log(f"prefix {L}: Engine.sample {count} x {fill} vs {count} x {fill} sequential steps, x{plan.sample_reps}")
+        path = [t.token_id for t in explorer.snapshot().prompt]
+        first = engine.step(path[:-1], path[-1]).next.top_ids[:count]  # also: the prefix's logits are kept
+        seq, smp, seq_counts, smp_counts = [], [], [], []
+        for r in range(plan.sample_reps):
+            before = passes()
+            sync()
+            t0 = time.perf_counter()
+            for j in range(count):  # fill j starts with the j-th candidate, then the top one
+                tokens, token = list(path), first[j]
+                for _ in range(fill):
+                    out = engine.step(tokens, token)
+                    tokens.append(token)
+                    token = out.next.top_ids[0]
+            sync()
+            seq.append(time.perf_counter() - t0)
+            after = passes()
+            seq_counts.append((after[0] - before[0], after[1] - before[1]))
+            before = passes()
+            sync()
+            t0 = time.perf_counter()
+            drawn = engine.sample(path, count=count, steps=fill, settings=settings, seed=r, stop_ids=frozenset())
+            sync()
+            smp.append(time.perf_counter() - t0)
+            after = passes()
+            smp_counts.append((after[0] - before[0], after[1] - before[1]))
+            assert [len(c) for c in drawn] == [fill] * count
+        seq_passes = check_counts(f"sequential steps {count}x{fill} @ {L}", seq_counts, count * fill)
+        smp_passes = check_counts(f"Engine.sample {count}x{fill} @ {L}", smp_counts, fill)
+        seq_ms, smp_ms = median(seq) * 1000, median(smp) * 1000
+        res.add("sample", f"{count} x {fill} sequential Engine.step (greedy fills) @ {L}", seq_ms, "ms",
+                n=len(seq), low=min(seq) * 1000, passes=seq_passes,
+                note=f"{count} fills from the same node, each its own step per token")
+        res.add("sample", f"Engine.sample {count} x {fill} @ {L}", smp_ms, "ms", n=len(smp), low=min(smp) * 1000,
+                baseline=f"{count} x {fill} sequential Engine.step", ratio=smp_ms / seq_ms, passes=smp_passes,
+                note=f"one batched call per step ({count} rows on the prefix's cache); {describe(settings)}, "
+                     "no stop ids; NodeOutput for every drawn token")
+        res.raw.setdefault("samples_ms", {})[f"sample_seq@{L}"] = [x * 1000 for x in seq]
+        res.raw["samples_ms"][f"sample@{L}"] = [x * 1000 for x in smp]
 
     for li, L in enumerate(plan.lengths):
         rec_reps = plan.recompute_reps[min(li, len(plan.recompute_reps) - 1)]
@@ -387,6 +473,9 @@ def bench_model(res: Results, plan: Plan, work: Path, log) -> None:
         while explorer.layer_view != "off":
             explorer.cycle_layer_view()
 
+        bench_fill(L)
+        bench_sample(L)
+
     res.add("memory", "peak RSS during appends and views", peak_rss_mb(), "MiB",
             note="process peak (VmHWM) since the model was loaded")
 
@@ -499,6 +588,20 @@ def evaluate_targets(res: Results, plan: Plan) -> None:
     if rec:
         res.targets.append(Target(f"step @ {L} vs recompute", ">= 10x faster", f"{rec.ratio:.1f}x faster",
                                   rec.ratio >= 10, _margin(rec.ratio, 10, lower_is_better=False)))
+
+    def at_max(section: str, prefix: str):
+        return next((f for f in res.figures if f.section == section and f.name.startswith(prefix)
+                     and f.name.endswith(f"@ {L}")), None)
+
+    fill = at_max("fill", "fill of ")
+    if fill:
+        res.targets.append(Target(f"{fill.name.split(',')[0]} @ {L} vs {fill.baseline}", "<= 1.15x",
+                                  f"{fill.ratio:.2f}x (explorer appends)", fill.ratio <= 1.15,
+                                  _margin(fill.ratio, 1.15)))
+    sample = at_max("sample", "Engine.sample ")
+    if sample:
+        res.targets.append(Target(f"{sample.name} vs {sample.baseline}", "<= 0.5x", f"{sample.ratio:.2f}x",
+                                  sample.ratio <= 0.5, _margin(sample.ratio, 0.5)))
     cached = [f for f in res.figures if f.section == "cached node"]
     if cached:
         worst = max(cached, key=lambda f: f.value)

@@ -104,6 +104,40 @@ class FakeEngine:
             lens_ids = sorted(range(len(probs)), key=lambda i: -probs[i])[:lens_count]
         return out, self._analysis(tokens, influence, lens_ids)
 
+    def sample(self, prefix, *, count, steps, settings, seed, stop_ids=frozenset()):
+        """Like Engine.sample: `count` continuations of up to `steps` tokens, drawn with the
+        sampler `settings` from the fake's full distributions, deterministic in `seed`; one
+        forward pass per step (the batch), a continuation ending after a token of `stop_ids`."""
+        from tokentree.sampling import survivors
+
+        self._wait()
+        rng = random.Random(seed)
+        drawn = [[] for _ in range(count)]
+        live = list(range(count)) if steps > 0 else []
+        for _ in range(steps):
+            if not live:
+                break
+            self.forward_passes += 1
+            for row in list(live):
+                tokens = list(prefix) + [t for t, _ in drawn[row]]
+                probs = self._probs(tokens)
+                order = sorted(range(len(probs)), key=lambda i: -probs[i])
+                kept, _ = survivors(order, [probs[i] for i in order], settings, 0.0)
+                token = rng.choices(list(kept), weights=list(kept.values()))[0]
+                drawn[row].append((token, self._output(tokens + [token])))
+                if token in stop_ids:
+                    live.remove(row)
+        return drawn
+
+    def stop_ids(self, fill_stop: str) -> frozenset[int]:
+        """"eos": <s> (id 0) ends a sequence here; "line": also every token with a newline."""
+        if fill_stop not in ("eos", "line"):
+            raise ValueError(f"fill_stop must be eos or line, not {fill_stop!r}")
+        ids = {0}
+        if fill_stop == "line":
+            ids |= {i for i, piece in enumerate(VOCAB) if b"\n" in piece}
+        return frozenset(ids)
+
     def analyze(self, tokens, *, influence=False, lens_ids=None) -> Analysis:
         self._wait()
         self.analyze_calls += 1

@@ -51,12 +51,48 @@ def test_keys_table_accepts_string_or_list():
         ({"model": {"name": 3}}, "model.name must be str"),
         ({"model": "x"}, "[model] must be a table"),
         ({"keys": {"append": []}}, "keys.append must be a key name"),
+        ({"explore": {"fill_tokens": 0}}, "explore.fill_tokens must be a positive integer"),
+        ({"explore": {"fill_tokens": 2.5}}, "explore.fill_tokens must be int"),
+        ({"explore": {"fill_stop": "eol"}}, 'explore.fill_stop must be "eos" or "line"'),
+        ({"explore": {"sample_count": -1}}, "explore.sample_count must be a positive integer"),
+        ({"explore": {"fork_entropy": 1.5}}, "explore.fork_entropy must be a number in [0, 1]"),
+        ({"explore": {"fork_entropy": float("nan")}}, "explore.fork_entropy must be a number in [0, 1]"),
+        ({"sampling": {"temperature": 0}}, "sampling.temperature must be a number > 0"),
+        ({"sampling": {"temperature": float("inf")}}, "sampling.temperature must be a number > 0"),
+        ({"sampling": {"temperature": True}}, "sampling.temperature must be float"),
+        ({"sampling": {"temperature": "hot"}}, "sampling.temperature must be float"),
+        ({"sampling": {"top_k": -1}}, "sampling.top_k must be an integer >= 0"),
+        ({"sampling": {"top_p": 0.0}}, "sampling.top_p must be a number in (0, 1]"),
+        ({"sampling": {"top_p": 1.01}}, "sampling.top_p must be a number in (0, 1]"),
+        ({"sampling": {"min_p": 1}}, "sampling.min_p must be a number in [0, 1)"),
+        ({"sampling": {"min_p": -0.1}}, "sampling.min_p must be a number in [0, 1)"),
+        ({"sampling": {"seed": -2}}, "sampling.seed must be an integer >= 0, or -1"),
+        ({"sampling": {"seed": 1.0}}, "sampling.seed must be int"),
     ],
 )
 def test_bad_values_name_the_key(raw, needle):
     with pytest.raises(ConfigError) as info:
         parse_config(raw)
     assert needle in str(info.value)
+
+
+def test_bad_values_are_one_line():
+    with pytest.raises(ConfigError) as info:
+        parse_config({"sampling": {"top_p": 2.0}}, source=Path("c.toml"))
+    assert "\n" not in str(info.value) and str(info.value).startswith("c.toml: sampling.top_p")
+
+
+def test_explore_and_sampling_sections():
+    cfg = parse_config({"explore": {"fill_tokens": 5, "fill_stop": "line", "sample_count": 2, "fork_entropy": 0},
+                        "sampling": {"temperature": 1, "top_k": 40, "top_p": 0.9, "min_p": 0.05, "seed": 7}})
+    assert (cfg.explore.fill_tokens, cfg.explore.fill_stop, cfg.explore.sample_count) == (5, "line", 2)
+    # A TOML integer where a float is expected is that float.
+    assert cfg.explore.fork_entropy == 0.0 and type(cfg.explore.fork_entropy) is float
+    assert cfg.sampling.temperature == 1.0 and type(cfg.sampling.temperature) is float
+    assert (cfg.sampling.top_k, cfg.sampling.top_p, cfg.sampling.min_p, cfg.sampling.seed) == (40, 0.9, 0.05, 7)
+    assert parse_config({"sampling": {"top_p": 1, "min_p": 0}}).sampling == Config().sampling
+    # The limits themselves are allowed.
+    assert parse_config({"explore": {"fork_entropy": 1.0}, "sampling": {"seed": -1, "top_k": 0}}).explore.fork_entropy == 1
 
 
 def test_syntax_error_names_the_file(tmp_path):

@@ -4,12 +4,15 @@ a plain Hugging Face forward, softmax in float64 over the tokenizer's real vocab
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pytest
 import torch
 
+from tokentree.config import SamplingConfig
 from tokentree.lm import Engine, load_model
 from tokentree.outputs import Analysis
+from tokentree.sampling import survivors
 
 ARCHES = ("qwen2", "gpt2", "llama")
 PROMPT = "Natalia sold 48 clips in April."
@@ -314,3 +317,212 @@ def test_soft_capped_logits_turn_the_lens_off(tiny_models):
     assert engine.forward_passes == 1, "a lens-only analysis needs no model call"
     # The distributions themselves are the model's (soft-capped) output.
     check_distribution(out.next, full_probs(engine, prompt + [12])[-1])
+
+
+# ---------------------------------------------------------------- sampling: batched continuations
+GREEDY = {"tiny temperature": SamplingConfig(temperature=1e-4), "top-k 1": SamplingConfig(top_k=1)}
+
+
+def tokens_of(drawn) -> list[list[int]]:
+    return [[t for t, _ in c] for c in drawn]
+
+
+def check_same_output(got, expected) -> None:
+    """`got` (from Engine.sample) equals `expected` (Engine.step) within 1e-5."""
+    assert got.token_prob == pytest.approx(expected.token_prob, abs=1e-5, rel=1e-5)
+    assert got.token_rank == expected.token_rank or abs(got.token_prob - expected.token_prob) < 1e-6
+    dist, ref = got.next, expected.next
+    assert len(dist.top_ids) == len(ref.top_ids)
+    assert dist.top_probs == pytest.approx(ref.top_probs, abs=1e-5)
+    probs = dist.top_probs
+    for i, (a, b) in enumerate(zip(dist.top_ids, ref.top_ids)):  # equal, up to a swap of near-ties
+        assert a == b or any(abs(probs[i] - probs[j]) < 1e-6 for j in (i - 1, i + 1) if 0 <= j < len(probs))
+    assert dist.entropy == pytest.approx(ref.entropy, abs=1e-5)
+    assert dist.norm_entropy == pytest.approx(ref.norm_entropy, abs=1e-5)
+
+
+class FedShapes:
+    """Spy on the model: the shape of the input ids of each forward call."""
+
+    def __init__(self, model):
+        self.shapes: list[tuple[int, ...]] = []
+        self._handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self.shapes.append(tuple(ids.shape))
+
+    def close(self):
+        self._handle.remove()
+
+
+def greedy_by_steps(engine, prompt, n) -> list[int]:
+    """n tokens of greedy decoding: the top candidate of each Engine.step, one after another."""
+    tokens, out = list(prompt), engine.prefill(prompt)[-1]
+    for _ in range(n):
+        token = out.next.top_ids[0]
+        out = engine.step(tokens, token)
+        tokens.append(token)
+    return tokens[len(prompt):]
+
+
+@pytest.mark.parametrize("name", GREEDY)
+@pytest.mark.parametrize("arch", ARCHES)
+def test_sample_at_tiny_temperature_or_top_k_1_is_greedy(loaded, arch, name):
+    engine = Engine(loaded[arch], top_k=TOP_K)
+    prompt = engine.encode(PROMPT)
+    engine.prefill(prompt)
+    drawn = engine.sample(prompt, count=3, steps=8, settings=GREEDY[name], seed=5, stop_ids=frozenset())
+    greedy = greedy_by_steps(Engine(loaded[arch], top_k=TOP_K), prompt, 8)
+    assert tokens_of(drawn) == [greedy] * 3
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_sampled_outputs_equal_engine_step(loaded, arch):
+    """Every (token, NodeOutput) a sample returns is what Engine.step gives for that node."""
+    engine = Engine(loaded[arch], top_k=TOP_K)
+    prompt = engine.encode(PROMPT)
+    engine.prefill(prompt)
+    drawn = engine.sample(prompt, count=4, steps=6, settings=SamplingConfig(temperature=1.5, top_p=0.95),
+                          seed=7, stop_ids=frozenset())
+    assert [len(c) for c in drawn] == [6] * 4
+    ref = Engine(loaded[arch], top_k=TOP_K)
+    for continuation in drawn:
+        tokens = list(prompt)
+        for token, out in continuation:
+            check_same_output(out, ref.step(tokens, token))
+            tokens.append(token)
+    # ...and against a plain float64 forward pass, for one continuation.
+    tokens = prompt + tokens_of(drawn)[0]
+    probs = full_probs(engine, tokens)
+    for i, (token, out) in enumerate(drawn[0]):
+        at = len(prompt) + i
+        check_distribution(out.next, probs[at])
+        check_token(out.token_prob, out.token_rank, probs[at - 1], token)
+
+
+@pytest.mark.parametrize("model", ["qwen2-padded", "gemma2"])
+def test_sample_on_padded_and_sliding_window_models(tiny_models, model):
+    """Padding rows of the head are never drawn nor shown; gemma2's sliding-window cache
+    layers (forked by deep copy) batch as well."""
+    engine = Engine(load_model(str(tiny_models[model]), device="cpu"), top_k=TOP_K)
+    prompt = engine.encode(PROMPT)
+    engine.prefill(prompt)
+    drawn = engine.sample(prompt, count=3, steps=4, settings=SamplingConfig(temperature=2.0), seed=1,
+                          stop_ids=frozenset())
+    ref = Engine(engine.loaded, top_k=TOP_K)
+    for continuation in drawn:
+        tokens = list(prompt)
+        for token, out in continuation:
+            assert token < engine.vocab_size and max(out.next.top_ids) < engine.vocab_size
+            check_same_output(out, ref.step(tokens, token))
+            tokens.append(token)
+
+
+def test_same_seed_same_samples_another_seed_differs(loaded):
+    engine = Engine(loaded["qwen2"], top_k=TOP_K)
+    prompt = engine.encode(PROMPT)
+    engine.prefill(prompt)
+    settings = SamplingConfig(temperature=1.5)
+
+    def draw(eng, seed):
+        return tokens_of(eng.sample(prompt, count=4, steps=8, settings=settings, seed=seed, stop_ids=frozenset()))
+
+    first = draw(engine, 11)
+    assert draw(engine, 11) == first
+    assert draw(Engine(loaded["qwen2"], top_k=TOP_K), 11) == first  # a fresh engine, nothing cached
+    assert draw(engine, 12) != first
+    assert len({tuple(c) for c in first}) > 1, "the rows of one batch draw independently"
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_a_stop_id_ends_a_continuation(loaded, arch):
+    engine = Engine(loaded[arch], top_k=TOP_K)
+    prompt = engine.encode(PROMPT)
+    greedy = greedy_by_steps(engine, prompt, 6)
+    stop = greedy[2]
+    drawn = engine.sample(prompt, count=2, steps=6, settings=SamplingConfig(top_k=1), seed=0,
+                          stop_ids=frozenset({stop}))
+    assert tokens_of(drawn) == [greedy[: greedy.index(stop) + 1]] * 2  # the stop token included
+    # Drawn freely: a continuation ends exactly after its first stop token; the batch shrinks
+    # as rows end, still one call per step.
+    stops = frozenset(engine.prefill(prompt)[-1].next.top_ids[:3])
+    calls = engine.model_calls
+    drawn = engine.sample(prompt, count=8, steps=6, settings=SamplingConfig(temperature=1.5), seed=3,
+                          stop_ids=stops)
+    lengths = [len(c) for c in drawn]
+    assert engine.model_calls - calls == max(lengths)
+    assert min(lengths) < 6, "some continuation stopped early"
+    for c in tokens_of(drawn):
+        assert not set(c[:-1]) & stops
+        assert len(c) == 6 or c[-1] in stops
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_sample_is_one_batched_model_call_per_step(loaded, arch):
+    engine = Engine(loaded[arch], top_k=TOP_K)
+    prompt = engine.encode(PROMPT)
+    engine.prefill(prompt)
+    engine.step(prompt, 12)
+    lines = [line.tokens for line in engine._lines]
+    kept = list(engine._logits)
+    passes, calls = engine.forward_passes, engine.model_calls
+    spy = FedShapes(engine.model)
+    try:
+        engine.sample(prompt, count=4, steps=5, settings=SamplingConfig(), seed=0, stop_ids=frozenset())
+        assert spy.shapes == [(4, 1)] * 5, "one call per step, the 4 continuations in one batch"
+    finally:
+        spy.close()
+    assert engine.forward_passes - passes == 5 and engine.model_calls - calls == 5
+    # The engine's LRU of single-sequence lines and kept logits holds what it held (the
+    # prefix's logits were used: they are the most recent), no sampled node.
+    assert [line.tokens for line in engine._lines] == lines
+    assert set(engine._logits) == set(kept) and list(engine._logits)[-1] == tuple(prompt)
+    check_step(engine, prompt + [12], 40)  # the lines' caches are intact
+    check_step(engine, prompt, 7)
+
+
+def test_sample_from_an_uncached_prefix_makes_it_first(loaded):
+    engine = Engine(loaded["llama"], top_k=TOP_K)
+    prompt = engine.encode(PROMPT)
+    spy = FedShapes(engine.model)
+    try:
+        drawn = engine.sample(prompt, count=2, steps=3, settings=SamplingConfig(top_k=1), seed=0,
+                              stop_ids=frozenset())
+    finally:
+        spy.close()
+    assert spy.shapes == [(1, len(prompt))] + [(2, 1)] * 3
+    assert engine.forward_passes == engine.model_calls == 4
+    assert tokens_of(drawn)[0] == greedy_by_steps(Engine(loaded["llama"], top_k=TOP_K), prompt, 3)
+    with pytest.raises(ValueError):
+        engine.sample([], count=1, steps=1, settings=SamplingConfig(), seed=0, stop_ids=frozenset())
+    assert engine.sample(prompt, count=2, steps=0, settings=SamplingConfig(), seed=0) == [[], []]
+
+
+def test_drawn_tokens_follow_the_sampler(loaded):
+    """4,000 one-token draws: only the survivors of the sampler (computed from the cached
+    top-64 by tokentree.sampling, exact here) are drawn, at their probabilities."""
+    engine = Engine(loaded["qwen2"], top_k=64)
+    prompt = engine.encode(PROMPT)
+    last = engine.prefill(prompt)[-1].next
+    settings = SamplingConfig(temperature=2.0, top_k=6, min_p=0.05)
+    kept, exact = survivors(last.top_ids, last.top_probs, settings, 1 - sum(last.top_probs))
+    assert exact and len(kept) >= 3
+    n = 4000
+    drawn = engine.sample(prompt, count=n, steps=1, settings=settings, seed=9, stop_ids=frozenset())
+    counts = Counter(c[0][0] for c in drawn)
+    assert set(counts) <= set(kept)
+    for token, p in kept.items():
+        assert counts[token] / n == pytest.approx(p, abs=4 * math.sqrt(p * (1 - p) / n) + 1e-3)
+
+
+def test_stop_ids(loaded):
+    engine = Engine(loaded["qwen2"], top_k=TOP_K)
+    tok = engine.loaded.tokenizer
+    eos = engine.stop_ids("eos")
+    assert eos == {tok.eos_token_id}
+    newline = {i for i in range(len(tok)) if "\n" in tok.decode([i])}
+    assert newline and engine.stop_ids("line") == eos | newline
+    assert engine.stop_ids("line") is engine.stop_ids("line")  # computed once
+    with pytest.raises(ValueError, match="fill_stop"):
+        engine.stop_ids("eol")

@@ -255,7 +255,9 @@ def test_events_shape(store):
     assert all(e.type in ev.EVENT_TYPES for e in events)
     assert all(e.created_at.endswith("Z") for e in events)
     assert events[1].payload["root_tokens"] == [1]
-    assert events[2].payload == {"v": 1, "branch_id": b, "token_id": 2, "from_node": events[2].payload["from_node"]}
+    assert events[2].payload == {
+        "v": 2, "branch_id": b, "token_id": 2, "from_node": events[2].payload["from_node"], "group": None
+    }
 
 
 def test_duplicate_version_raises_concurrency_error(store):

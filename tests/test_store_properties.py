@@ -1,8 +1,11 @@
 """Property tests (hypothesis) for the event store.
 
-Random action sequences over two sessions that share one node table check that:
+Random action sequences over two sessions that share one node table (single commands, and
+groups that undo as one step: fills, counterfactual pop + append, duplicate + fill + focus,
+recorded samples; renames) check that:
 * the Store agrees with a tiny pure-Python model of branches, focus and token paths;
-* every undo restores the observable state from just before the undone action, exactly
+* every undo restores the observable state from just before the undone action (a whole
+  group for a grouped one), exactly
   (branch ids, names, positions, current and root nodes, focus), and walks further back
   when repeated;
 * a rebuild (wipe + replay of all events) gives identical projection rows, ids included,
@@ -29,6 +32,7 @@ VOCAB = "vocab-p"
 TOKENS = st.integers(0, 3)  # a small alphabet: prefixes collide and nodes get shared
 SESSION = st.sampled_from([0, 0, 0, 1])  # mostly one session: longer histories to undo
 INDEX = st.one_of(st.just(-1), st.integers(0, 7))  # -1: the focused branch
+NAMES = st.sampled_from(["a", " b ", "branch 1", "branch 2", "x y"])
 
 ACTION = st.one_of(
     st.tuples(st.just("create"), SESSION, st.lists(TOKENS, min_size=1, max_size=3)),
@@ -41,6 +45,11 @@ ACTION = st.one_of(
     st.tuples(st.just("focus"), SESSION, INDEX),
     st.tuples(st.just("reset"), SESSION, INDEX),
     st.tuples(st.just("save"), SESSION, INDEX),
+    st.tuples(st.just("fill"), SESSION, INDEX, st.lists(TOKENS, min_size=1, max_size=4)),
+    st.tuples(st.just("counterfactual"), SESSION, INDEX, TOKENS),
+    st.tuples(st.just("dupfill"), SESSION, INDEX, st.lists(TOKENS, max_size=3)),
+    st.tuples(st.just("samples"), SESSION, INDEX, st.lists(st.lists(TOKENS, max_size=3), min_size=1, max_size=3)),
+    st.tuples(st.just("rename"), SESSION, INDEX, NAMES),
     st.tuples(st.just("undo"), SESSION),
     st.tuples(st.just("undo"), SESSION),
 )
@@ -182,6 +191,50 @@ def _run(actions) -> None:
                 elif kind == "save":
                     store.record_prompt_saved(sid, bid, "saved.txt")
                     continue  # not undoable
+                elif kind == "fill":  # grouped appends, each with the screen's version
+                    v = store.version(sid)
+                    for i, tok in enumerate(action[3]):
+                        store.append_token(sid, bid, tok, expected_version=v + i, group=v + 1)
+                    b["tokens"] += action[3]
+                elif kind == "counterfactual":  # pop + append as one step
+                    if len(b["tokens"]) == 1:
+                        continue
+                    v = store.version(sid)
+                    store.pop_token(sid, bid, expected_version=v, group=v + 1)
+                    store.append_token(sid, bid, action[3], expected_version=v + 1, group=v + 1)
+                    b["tokens"][-1] = action[3]
+                elif kind == "dupfill":  # duplicate, fill the copy, focus back: one step
+                    g = store.version(sid) + 1
+                    at = m.branches.index(b) + 1
+                    new_id = store.duplicate_branch(sid, bid, group=g)
+                    assert new_id == new_branch(k, b["tokens"], b["root"], at)
+                    for tok in action[3]:
+                        store.append_token(sid, new_id, tok, group=g)
+                    m.branches[at]["tokens"] += action[3]
+                    store.focus_branch(sid, bid, group=g)
+                    m.focus = bid
+                elif kind == "samples":
+                    conts = action[3]
+                    names = [f"s{j}" for j in range(len(conts))]
+                    v = store.version(sid)
+                    ids, version = store.record_samples(
+                        sid, bid, settings={"temperature": 1.0}, seed=7, continuations=conts, names=names,
+                        steps=3, expected_version=v,
+                    )
+                    assert version == store.version(sid) == v + 2 + sum(1 + len(c) for c in conts)
+                    at = m.branches.index(b) + 1
+                    for j, cont in enumerate(conts):
+                        assert ids[j] == new_branch(k, b["tokens"] + cont, b["root"], at + j)
+                        m.branches[at + j]["name"] = names[j]
+                    m.focus = ids[0]
+                elif kind == "rename":
+                    name = action[3].strip()
+                    if name == b["name"]:
+                        with pytest.raises(StoreError, match="already called"):
+                            store.rename_branch(sid, bid, action[3])
+                        continue
+                    store.rename_branch(sid, bid, action[3])
+                    b["name"] = name
                 stacks[k].append(before)
             assert _strip_ids(_observe(store, sid)) == m.view()
 

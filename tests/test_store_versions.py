@@ -30,10 +30,31 @@ def _commands(store, sid, a, b):
         ("duplicate_branch", lambda v: store.duplicate_branch(sid, a, expected_version=v)),
         ("remove_branch", lambda v: store.remove_branch(sid, b, expected_version=v)),
         ("focus_branch", lambda v: store.focus_branch(sid, a, expected_version=v)),
+        ("append_token in a group", lambda v: store.append_token(sid, a, 4, expected_version=v, group=v + 1)),
+        ("rename_branch", lambda v: store.rename_branch(sid, a, "renamed", expected_version=v)),
         ("reset_branch", lambda v: store.reset_branch(sid, a, expected_version=v)),
         ("record_prompt_saved", lambda v: store.record_prompt_saved(sid, a, "p.txt", expected_version=v)),
         ("undo", lambda v: store.undo(sid, expected_version=v)),
     ]
+
+
+def test_record_samples_refuses_a_stale_screen_and_counts_its_versions(two_windows):
+    one, two = two_windows
+    sid = one.start_session(model_name="m", fingerprint="fp", vocab_key="v", prompt_sources=[])
+    a = one.create_branch(sid, [1, 2])
+    seen = two.version(sid)
+    one.append_token(sid, a, 9)
+    conts = [[3, 4], [], [5]]
+    kwargs = dict(settings={"temperature": 0.5}, seed=3, continuations=conts, names=["x", "y", "z"], steps=2)
+    with pytest.raises(StaleCommand):
+        two.record_samples(sid, a, expected_version=seen, **kwargs)
+    assert one.version(sid) == seen + 1
+    ids, version = two.record_samples(sid, a, expected_version=seen + 1, **kwargs)
+    assert version == one.version(sid) == seen + 1 + 1 + sum(1 + len(c) for c in conts) + 1
+    assert len(ids) == 3
+    assert two.undo(sid, expected_version=version) is not None
+    assert one.version(sid) == version + 1
+    assert maintenance.check(one) == []
 
 
 def test_stale_commands_are_refused_and_current_ones_add_one_version(two_windows):

@@ -5,6 +5,7 @@ Keys are typed as a terminal sends them, the screen is read through a terminal e
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -115,3 +116,56 @@ def test_new_session_keys_and_events_then_resume(tmp_path, tiny_model):
         assert types.count("token.appended") == 3
     finally:
         store.close()
+
+
+BACKSPACE, ENTER = "\x7f", "\r"
+
+
+def test_fill_sample_fork_rename_search_then_resume_and_export(tmp_path, tiny_model):
+    """The exploration keys end to end: fill (f), sample (g), a fork point ([), rename (n:
+    the name is made of command letters, which type), search (/), quit; the resumed session
+    and `tokentree export` show the renamed branch and the sample branches."""
+    prompt = tmp_path / "story.txt"
+    prompt.write_text("Once upon a time", encoding="utf-8")
+    term = Terminal(["--model", str(tiny_model), "--input", str(prompt)], tmp_path)
+    term.wait_for("Once upon a time", " idle ", "story")
+
+    term.keys("f", settle="filled ")
+    term.wait_for(" idle ")
+    term.keys("g", settle="sampled ")
+    term.wait_for(" idle ", "sample 1")
+    term.keys("[", settle="fork point")
+    assert "back: " in term.text  # it moved ("fork point 3 tokens back: entropy 0.98")
+    term.keys("n", settle=" name ")
+    term.keys(*[BACKSPACE] * 12, "wanders", settle="wanders")
+    assert "renamed" not in term.text  # typed, not yet committed
+    term.keys(ENTER, settle="renamed ")
+    assert "wanders" in term.text
+    term.keys("/", settle=" search ")
+    term.keys(*"upon", ENTER, settle='search "upon"')
+    term.keys(CTRL_Q)
+    assert term.finish() == 0
+
+    store = Store.open(default_db_path())
+    try:
+        sid = store.latest_session_id()
+        names = [b.name for b in store.branches(sid)]
+        types = [e.type for e in store.events(sid)]
+    finally:
+        store.close()
+    assert "wanders" in names and "story" in names, names
+    samples = [n for n in names if n.startswith("sample ")]
+    assert samples, names
+    assert "branch.renamed" in types
+
+    term = Terminal(["--resume", "last"], tmp_path)
+    term.wait_for("wanders", " idle ")
+    term.keys(CTRL_Q)
+    assert term.finish() == 0
+
+    exe = Path(sys.executable).with_name("tokentree")
+    out = subprocess.run([str(exe), "export", "last", "--format", "text"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "wanders" in out and "story" in out
+    for name in samples:
+        assert name in out, (name, out)

@@ -222,7 +222,9 @@ def test_help_overlay_is_generated_from_the_keymap(store):
     app.press("?")
     screen = "\n".join(lines(app))
     assert "shift+right/L" in screen and "walk_forward" in screen and "ctrl+q" in screen
-    app.press("down")  # any key closes it and does nothing else
+    app.press("down")  # the scroll keys move the help
+    assert app.show_help
+    app.press("q")  # any other key closes it and does nothing else
     assert "walk_forward" not in "\n".join(lines(app))
     assert "   1 " in selected_line(app)
 

@@ -81,6 +81,34 @@ COMMANDS: tuple[Command, ...] = (
             target="explorer", method="save_branch"),
     Command("reset_branch", ("ctrl r",), "reset the branch to its root prompt",
             target="explorer", method="reset_branch"),
+    Command("fill", ("f",), "fill: append the top candidate repeatedly (one undoable step)",
+            target="explorer", method="fill"),
+    Command("sample", ("g",), "sample continuations with the [sampling] settings, each a new branch",
+            target="explorer", method="sample"),
+    Command("next_fork", ("]",), "next fork point on the branch (high entropy or a tree fork)",
+            target="explorer", method="fork_point", args=(1,)),
+    Command("prev_fork", ("[",), "previous fork point on the branch",
+            target="explorer", method="fork_point", args=(-1,)),
+    Command("next_candidate", (".",), "replace the last token with the next candidate",
+            target="explorer", method="counterfactual", args=(1,)),
+    Command("prev_candidate", (",",), "replace the last token with the previous candidate",
+            target="explorer", method="counterfactual", args=(-1,)),
+    Command("rename_branch", ("n",), "rename the current branch (type the name, enter)",
+            target="app", method="open_rename"),
+    Command("search", ("/",), "search branches and explored nodes (type, enter)",
+            target="app", method="open_search"),
+    Command("search_next", ("ctrl n",), "next search match",
+            target="explorer", method="search_step", args=(1,)),
+    Command("search_prev", ("ctrl p",), "previous search match",
+            target="explorer", method="search_step", args=(-1,)),
+    Command("toggle_sampler", ("v",), "sampler column: candidates that survive the sampling settings",
+            target="explorer", method="toggle_sampler"),
+    Command("cancel", ("esc",), "cancel a running fill",
+            target="explorer", method="cancel"),
+    Command("text_commit", ("enter",), "text field: commit",
+            target="app", method="commit_text", context=TEXT),
+    Command("text_cancel", ("esc",), "text field: cancel",
+            target="app", method="cancel_text", context=TEXT),
     Command("help", ("?",), "show or hide this help",
             target="app", method="toggle_help", context=GLOBAL),
     Command("quit", ("ctrl q",), "quit (everything is already saved)",
@@ -88,13 +116,28 @@ COMMANDS: tuple[Command, ...] = (
 )
 
 
+def contexts_overlap(a: str, b: str) -> bool:
+    """Two commands' keys can clash: same context, or one is global (works everywhere).
+
+    An explorer command and a text command may share a key (esc: cancel a fill on the main
+    screen, close the field in a text field)."""
+    return a == b or GLOBAL in (a, b)
+
+
 def check_registry(commands: Sequence[Command]) -> None:
-    """Command names are unique (a registry is a table, not a list of wishes)."""
-    seen: set[str] = set()
+    """Command names are unique (a registry is a table, not a list of wishes), and no default
+    key runs two commands in one context."""
+    seen: dict[str, Command] = {}
+    by_key: dict[str, list[Command]] = {}
     for command in commands:
         if command.name in seen:
             raise ValueError(f"command {command.name} is declared twice")
-        seen.add(command.name)
+        seen[command.name] = command
+        for key in command.keys:
+            for other in by_key.get(key, ()):
+                if contexts_overlap(other.context, command.context):
+                    raise ValueError(f"key {key!r} is the default of both {other.name} and {command.name}")
+            by_key.setdefault(key, []).append(command)
 
 
 check_registry(COMMANDS)

@@ -6,6 +6,7 @@ Every key is checked: an unknown key or a wrong type is a ConfigError naming the
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -36,10 +37,36 @@ class DisplayConfig:
 
 
 @dataclass(frozen=True)
+class ExploreConfig:
+    # Tokens a fill appends (the top candidate each time) and a sample draws per continuation.
+    fill_tokens: int = 20
+    # Where a fill or a sample stops early: "eos" after an end-of-sequence token, "line" also
+    # after a token containing a newline.
+    fill_stop: str = "eos"
+    # Continuations one sample command draws (each becomes a branch).
+    sample_count: int = 4
+    # A fork point: a node whose normalized entropy (H / log |V|) is above this.
+    fork_entropy: float = 0.3
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """A sampler's settings, applied in this order as Hugging Face applies them."""
+
+    temperature: float = 1.0  # > 0
+    top_k: int = 0  # keep the k most likely tokens; 0 = off
+    top_p: float = 1.0  # nucleus: keep the most likely tokens up to this mass; 1 = off
+    min_p: float = 0.0  # keep tokens at least min_p x the top token's probability; 0 = off
+    seed: int = -1  # -1: a fresh random seed per draw (recorded); >= 0: this seed
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     display: DisplayConfig = field(default_factory=DisplayConfig)
+    explore: ExploreConfig = field(default_factory=ExploreConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     # command name -> keys; validated against the command registry by the TUI.
     keys: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
     source: Path | None = None
@@ -50,8 +77,20 @@ class Config:
         return max(64, self.display.tokens_to_show)
 
 
-_SECTIONS = {"model": ModelConfig, "prompt": PromptConfig, "display": DisplayConfig}
-_POSITIVE = {("display", "tokens_to_show"), ("display", "cache_size"), ("model", "prefill_chunk")}
+_SECTIONS = {"model": ModelConfig, "prompt": PromptConfig, "display": DisplayConfig,
+             "explore": ExploreConfig, "sampling": SamplingConfig}
+_POSITIVE = {("display", "tokens_to_show"), ("display", "cache_size"), ("model", "prefill_chunk"),
+             ("explore", "fill_tokens"), ("explore", "sample_count")}
+# (section, key) -> (accepts the value, what it must be): checked after the type.
+_RANGES = {
+    ("explore", "fill_stop"): (lambda v: v in ("eos", "line"), '"eos" or "line"'),
+    ("explore", "fork_entropy"): (lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
+    ("sampling", "temperature"): (lambda v: 0.0 < v < math.inf, "a number > 0"),
+    ("sampling", "top_k"): (lambda v: v >= 0, "an integer >= 0 (0 = off)"),
+    ("sampling", "top_p"): (lambda v: 0.0 < v <= 1.0, "a number in (0, 1] (1 = off)"),
+    ("sampling", "min_p"): (lambda v: 0.0 <= v < 1.0, "a number in [0, 1) (0 = off)"),
+    ("sampling", "seed"): (lambda v: v >= -1, "an integer >= 0, or -1 for a fresh seed per draw"),
+}
 
 
 def find_config(explicit: str | Path | None) -> Path | None:
@@ -105,13 +144,18 @@ def _parse_section(section: str, cls: type, values: Mapping[str, Any], where: st
         if f is None:
             raise ConfigError(f"{where}unknown key {section}.{key} (known: {', '.join(known)})")
         expected = type(f.default)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # `temperature = 1` means 1.0
         # bool is an int subclass in Python; a TOML `true` is not a number here.
-        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        if not isinstance(value, expected) or (expected in (int, float) and isinstance(value, bool)):
             raise ConfigError(
                 f"{where}{section}.{key} must be {expected.__name__}, got {type(value).__name__} {value!r}"
             )
         if (section, key) in _POSITIVE and value <= 0:
             raise ConfigError(f"{where}{section}.{key} must be a positive integer, got {value}")
+        check = _RANGES.get((section, key))
+        if check is not None and not check[0](value):  # NaN fails every range
+            raise ConfigError(f"{where}{section}.{key} must be {check[1]}, got {value!r}")
         kwargs[key] = value
     return cls(**kwargs)
 

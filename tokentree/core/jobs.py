@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 from tokentree.outputs import Analysis, NodeOutput
 
-from .planner import AnalysisJob, BytesJob, Job, OutputsJob
+from tokentree.store import keys
+
+from .planner import AnalysisJob, BytesJob, Job, OutputsJob, SampleJob
 from .view import TreeView
 
 
@@ -25,10 +27,21 @@ class OutputsResult:
     analysis: Analysis | None  # when the step computed its node's analysis in the same pass
 
 
+@dataclass(frozen=True)
+class SampleResult:
+    continuations: list[list[tuple[int, NodeOutput]]]  # per sample: (token, its node's output)
+    pieces: dict[int, bytes]
+
+
 def execute(job: Job, engine):
     """The model work of `job` (worker thread)."""
     if isinstance(job, OutputsJob):
         return _outputs(job, engine)
+    if isinstance(job, SampleJob):
+        drawn = engine.sample(list(job.tokens), count=job.count, steps=job.steps, settings=job.settings,
+                              seed=job.seed, stop_ids=job.stop_ids)
+        ids = {t for c in drawn for t, out in c} | {t for c in drawn for _, out in c for t in out.next.top_ids}
+        return SampleResult(drawn, engine.token_bytes(sorted(ids - job.known_bytes)))
     if isinstance(job, AnalysisJob):
         return engine.analyze(list(job.tokens), influence=job.influence, lens_ids=job.lens_ids)
     if isinstance(job, BytesJob):
@@ -64,6 +77,20 @@ def record(job: Job, result, store, view: TreeView) -> list[bytes]:
         if result.analysis is not None:
             store.put_analysis(job.keys[-1], fingerprint, result.analysis)
             view.analysis_stored(job.keys[-1])
+        for key, _ in items:
+            view.output_stored(key)
+        _record_bytes(result.pieces, store, view)
+        return [key for key, _ in items]
+    if isinstance(job, SampleJob):
+        # The outputs of every drawn node; the branches themselves are a command (explorer).
+        base = keys.prefix_keys(job.tokens, view.vocab_key)[-1]
+        items = []
+        for continuation in result.continuations:
+            key = base
+            for token, out in continuation:
+                key = keys.prefix_key(key, token, view.vocab_key)
+                items.append((key, out))
+        store.put_outputs(items, fingerprint)
         for key, _ in items:
             view.output_stored(key)
         _record_bytes(result.pieces, store, view)

@@ -10,6 +10,7 @@ under the current fingerprint.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .view import TreeView
 
@@ -79,7 +80,30 @@ class BytesJob:
     label = "reading token text"
 
 
-Job = OutputsJob | AnalysisJob | BytesJob
+@dataclass(frozen=True)
+class SampleJob:
+    """Draw `count` continuations of up to `steps` tokens after `tokens` (asked for by `g`)."""
+
+    branch_id: int
+    node_id: int  # the prefix's node: the continuations grow from here
+    tokens: tuple[int, ...]
+    count: int
+    steps: int
+    settings: Any  # a SamplingConfig (temperature, top_k, top_p, min_p)
+    seed: int
+    stop_ids: frozenset[int]
+    known_bytes: frozenset[int]
+
+    @property
+    def failure_key(self) -> tuple:
+        return ("sample", self.tokens, self.seed)
+
+    @property
+    def label(self) -> str:
+        return f"sampling {self.count} x {self.steps} tokens"
+
+
+Job = OutputsJob | AnalysisJob | BytesJob | SampleJob
 
 
 class Planner:

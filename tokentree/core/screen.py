@@ -12,10 +12,11 @@ from __future__ import annotations
 import codecs
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import NamedTuple
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
 
 from tokentree.outputs import Analysis, NodeOutput
+from tokentree.sampling import describe, survivors
 from .snapshot import BranchRow, CandidateRow, PromptToken, Snapshot, Status
 from tokentree.tree.outline import Outline
 from tokentree.tree.text import join_pieces, placeholder, show_controls, visible
@@ -45,6 +46,9 @@ class ScreenState:
     busy: str | None  # what the model worker is doing
     engine: EngineInfo | None  # None until a model is attached
     fresh_ms: dict[bytes, float]  # nodes computed since the last move, with pass time
+    cancellable: bool = False  # the busy work stops on `cancel` (a fill)
+    sampler: Any = None  # the [sampling] settings while the sampler column is on
+    search: str | None = None  # the active search's status line
 
     @property
     def needs_analysis(self) -> bool:
@@ -114,6 +118,10 @@ class Screen:
             out = view.outputs_for([current.prefix_key]).get(current.prefix_key)
             analysis = view.analysis_for(current.prefix_key) if state.needs_analysis else None
             rows = self.candidate_rows(current, state.layer_view, out, analysis)
+            sampler = None
+            if state.sampler is not None:
+                rows, exact = _with_sampler(rows, out, state.sampler)
+                sampler = describe(state.sampler) + ("" if exact else " (approx.)")
             num_layers = len(analysis.lens_probs) if analysis and analysis.lens_probs else 0
             return Snapshot(
                 prompt=self._prompt_tokens(path, root_depth, state.prompt_view, analysis),
@@ -134,6 +142,8 @@ class Screen:
                 num_layers=num_layers if state.layer_view != "off" else 0,
                 tree=tuple(self.tree_lines()) if with_tree else (),
                 version=view.version(),
+                sampler=sampler,
+                search=state.search,
             )
 
     def tree_lines(self):
@@ -336,7 +346,7 @@ class Screen:
         origin = "waiting" if out is None else ("forward" if ms is not None else "cache")
         return Status(model=model, device=device, dtype=dtype, session_id=self.session_id,
                       origin=origin, ms=ms, busy=state.busy, engine_ready=state.engine is not None,
-                      error=state.error)
+                      error=state.error, cancellable=state.cancellable)
 
 
 def selected_index(rows: Sequence[CandidateRow], selected_token: int | None) -> int:
@@ -346,6 +356,16 @@ def selected_index(rows: Sequence[CandidateRow], selected_token: int | None) -> 
             if row.token_id == selected_token:
                 return i
     return 0
+
+
+def _with_sampler(rows: list[CandidateRow], out: NodeOutput | None, settings) -> tuple[list[CandidateRow], bool]:
+    """The rows with the probability a sampler with `settings` gives each (None: filtered
+    out), and whether that is exact given only the cached top candidates."""
+    if out is None:
+        return rows, True
+    tail = max(0.0, 1.0 - sum(out.next.top_probs))
+    kept, exact = survivors(out.next.top_ids, out.next.top_probs, settings, tail)
+    return [replace(r, sampled=kept.get(r.token_id)) for r in rows], exact
 
 
 def _lens_cells(layer_view: str, analysis: Analysis | None, ids: Sequence[int]):

@@ -33,6 +33,9 @@ class CandidateRow:
     explored: bool  # the child node exists in the tree
     subtree: int  # nodes in the child's subtree (itself included); 0 when unexplored
     layers: tuple[float, ...] | None = None  # heat-map cells in a layer view, in [0, 1]
+    # With the sampler column on: the probability a sampler with the [sampling] settings
+    # gives this candidate (renormalized over the survivors); None when filtered out or off.
+    sampled: float | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class Status:
     busy: str | None  # what the model worker is doing, None when idle
     engine_ready: bool
     error: str | None = None  # the last model error
+    cancellable: bool = False  # the busy work stops on the `cancel` command (a fill)
 
 
 @dataclass(frozen=True)
@@ -82,3 +86,5 @@ class Snapshot:
     num_layers: int = 0
     tree: tuple[TreeLine, ...] = field(default_factory=tuple)
     version: int = 0  # the session's event version this was built from (commands carry it)
+    sampler: str | None = None  # the sampler column's settings when it is on ("T 0.7 · top-p 0.9")
+    search: str | None = None  # the active search, e.g. 'search "cat": match 2 of 5'

@@ -207,6 +207,18 @@ class TreeView:
             kids = self._children[node_id] = tuple(got)
         return kids
 
+    def children_counts(self, ids: Sequence[int]) -> dict[int, int]:
+        """id -> its number of children (whole node table); the missing lists read in one statement."""
+        self._check_mark()
+        want = [i for i in ids if i not in self._children]
+        if want:
+            with self.reading() as r:
+                got = r.children(want)
+            for i, kids in got.items():
+                self._remember_nodes(kids)
+                self._children[i] = tuple(kids)
+        return {i: len(self._children[i]) for i in ids}
+
     def subtree_sizes(self, ids: Sequence[int]) -> dict[int, int]:
         """id -> descendants in the whole node table (Store.subtree_sizes), from memory:
         a missing subtree is read once, with every size inside it."""

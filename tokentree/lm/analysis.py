@@ -148,3 +148,77 @@ def lens_error(last_hidden: torch.Tensor, logits: torch.Tensor, head, vocab: int
     lens = torch.softmax(head(last_hidden)[..., :vocab].double(), dim=-1)
     own = torch.softmax(logits[..., :vocab].double(), dim=-1)
     return (lens - own).abs().max().item()
+
+
+def sampling_probs(
+    logits: torch.Tensor, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0
+) -> torch.Tensor:
+    """The distribution a sampler draws from, per row of `logits` [n, V] (the real vocabulary),
+    in float32: temperature, then top-k, top-p and min-p, as Hugging Face's logits warpers
+    (Temperature-, TopK-, TopP-, MinPLogitsWarper, min_tokens_to_keep=1) apply them, then a
+    softmax over what is left. A filter that is off (top_k 0, top_p 1, min_p 0) is skipped.
+    `tokentree.sampling.survivors` is the same computation from a node's cached top-K."""
+    scores = logits.float()
+    if temperature != 1.0:
+        scores = scores / temperature
+    vocab = scores.shape[-1]
+    neg_inf = -math.inf
+    if 0 < top_k < vocab:
+        kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, neg_inf)  # ties with the k-th are kept
+    if top_p < 1.0:
+        scores = _top_p(scores, top_p)
+    if min_p > 0.0:
+        probs = scores.softmax(dim=-1)
+        scores = scores.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), neg_inf)
+    return scores.softmax(dim=-1)
+
+
+TOP_P_CANDIDATES = 1024  # top-p looks at this many most likely tokens first (a full sort is ~20x slower)
+
+
+def _top_p(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """`scores` [n, V] with every token whose likelier tokens already hold `top_p` of the mass
+    set to -inf (the first always stays). Where the nucleus ends within the TOP_P_CANDIDATES
+    most likely tokens, only those are sorted (topk); otherwise, HF's way: a full sort."""
+    neg_inf = -math.inf
+    vocab = scores.shape[-1]
+    probs = scores.softmax(dim=-1)
+    top_probs, top_ids = torch.topk(probs, min(TOP_P_CANDIDATES, vocab), dim=-1)  # sorted, descending
+    cumulative = top_probs.cumsum(dim=-1)
+    before = cumulative - top_probs  # the mass of the likelier tokens
+    # The last candidate's mass before it reaches top_p: it and everything less likely go
+    # (a token outside tied with it too), so the candidates decide alone.
+    if top_ids.shape[-1] == vocab or bool((before[..., -1] >= top_p).all()):
+        keep = before < top_p
+        keep[..., 0] = True
+        return scores.masked_fill(~_scatter_mask(scores, top_ids, keep), neg_inf)
+    ascending, order = torch.sort(scores, descending=False, dim=-1)
+    cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
+    remove = cumulative <= 1 - top_p  # the mass of the likelier tokens already reaches top_p
+    remove[..., -1:] = False  # the top token always stays
+    return scores.masked_fill(remove.scatter(-1, order, remove), neg_inf)
+
+
+def _scatter_mask(like: torch.Tensor, ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """A bool tensor shaped as `like`, False but for `values` at `ids` along the last dim."""
+    return torch.zeros(like.shape, dtype=torch.bool, device=like.device).scatter(-1, ids, values)
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One token id per row of `probs` [n, V], drawn by inverse CDF: a uniform number from
+    `generator` against the row's cumulative sum (float64), [n, 1]. A zero-probability token
+    is never drawn. (torch.multinomial is ~5x slower over a 151k vocabulary on a CPU.)"""
+    cumulative = probs.double().cumsum(dim=-1)
+    u = torch.rand((probs.shape[0], 1), generator=generator, dtype=torch.float64, device=probs.device)
+    ids = torch.searchsorted(cumulative, u * cumulative[..., -1:], right=True)
+    return ids.clamp_(max=probs.shape[-1] - 1)
+
+
+def target_probs_ranks(logits: torch.Tensor, targets: torch.Tensor) -> tuple[list[float], list[int]]:
+    """Per row of `logits` [n, V], the probability of targets[i] [n] and its rank (1 = most
+    likely; one more than the tokens strictly more likely): `token_prob_rank` row by row."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    t_log = log_probs.gather(-1, targets.view(-1, 1))
+    ranks = (log_probs > t_log).sum(dim=-1) + 1
+    return t_log.view(-1).exp().tolist(), ranks.tolist()

@@ -121,6 +121,7 @@ class Engine:
         # float32 [V] next-token logits after a prefix, least recently used first
         self._logits: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()
         self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        self._stop_ids: dict[str, frozenset[int]] = {}  # fill_stop -> ids (stop_ids)
         self.vocab_size, self.capabilities = self._probe()
 
     def _probe(self) -> tuple[int, Capabilities]:
@@ -246,6 +247,122 @@ class Engine:
                 )
             self._keep_logits(tokens, out.logits[0, -1, : self.vocab_size])
             return self._analysis(out, influence, lens_ids)
+
+    def sample(
+        self,
+        prefix: Sequence[int],
+        *,
+        count: int,
+        steps: int,
+        settings,
+        seed: int,
+        stop_ids: Iterable[int] = frozenset(),
+    ) -> list[list[tuple[int, NodeOutput]]]:
+        """`count` continuations of up to `steps` tokens drawn after `prefix`, batched: ONE
+        forward call per step feeds the newest token of every live continuation.
+
+        The prefix's KV cache (a cached line, or one step's pass to make it) is copied and
+        repeated `count` times along the batch; the LRU of single-sequence lines and kept
+        logits is left as a step on `prefix` would leave it, and no sampled node enters it.
+        Each token is drawn (`analysis.draw`) from `analysis.sampling_probs` with `settings` (a
+        SamplingConfig: temperature, top_k, top_p, min_p; its `seed` is not read) by a torch
+        generator seeded with `seed`: the same seed, prefix and settings draw the same tokens. A continuation ends after a token of `stop_ids` (that token
+        included) or after `steps` tokens; a finished row leaves the batch.
+
+        For every drawn token: (token, the NodeOutput of prefix + the tokens drawn so far):
+        its probability and rank under the model's own next-token distribution at its parent
+        (not the tempered or filtered one) and the node's next-token Distribution, as
+        `Engine.step` gives them (real vocabulary, top_k, float32).
+
+        forward_passes and model_calls: one per step that ran, plus one if the prefix's logits
+        and cache had to be computed first."""
+        prefix = tuple(prefix)
+        if not prefix:
+            raise ValueError("sample needs a prefix of at least one token")
+        self._check_ids(prefix)
+        if not settings.temperature > 0:
+            raise ValueError(f"temperature must be > 0, not {settings.temperature!r}")
+        count, steps = max(0, int(count)), max(0, int(steps))
+        results: list[list[tuple[int, NodeOutput]]] = [[] for _ in range(count)]
+        if not count or not steps:
+            return results
+        stops = frozenset(stop_ids)
+        vocab = self.vocab_size
+        with torch.inference_mode():
+            logits, batch = self._prefix_cache(prefix)
+            batch.batch_repeat_interleave(count)
+            logits = logits[None].expand(count, -1)
+            rows = list(range(count))  # the continuation of each batch row
+            generator = torch.Generator(device=self._device)
+            generator.manual_seed(int(seed))
+            kwargs = {"logits_to_keep": 1} if self._keeps_logits else {}
+            for step in range(steps):
+                probs = analysis.sampling_probs(
+                    logits, temperature=settings.temperature, top_k=settings.top_k,
+                    top_p=settings.top_p, min_p=settings.min_p,
+                )
+                tokens = analysis.draw(probs, generator)  # [rows, 1]
+                token_probs, token_ranks = analysis.target_probs_ranks(logits, tokens.view(-1))
+                self.forward_passes += 1
+                self.model_calls += 1
+                out = self.model(input_ids=tokens, cache=batch, use_cache=True, **kwargs)
+                logits = out.logits[:, -1, :vocab].float()
+                del out
+                dists = analysis.distributions(logits, self.top_k)
+                keep = []
+                for j, (row, token) in enumerate(zip(rows, tokens.view(-1).tolist())):
+                    results[row].append((token, NodeOutput(token_probs[j], token_ranks[j], dists[j])))
+                    if token not in stops:
+                        keep.append(j)
+                if not keep or step == steps - 1:
+                    break
+                if len(keep) < len(rows):
+                    index = torch.tensor(keep, device=logits.device)
+                    batch.batch_select_indices(index)
+                    logits = logits[index]
+                    rows = [rows[j] for j in keep]
+        return results
+
+    def _prefix_cache(self, prefix: tuple[int, ...]):
+        """(float32 next-token logits [V] after `prefix`, a KV cache of exactly `prefix` that
+        no line shares a layer object with). A line holding `prefix` (or more) with the
+        prefix's logits kept costs nothing; otherwise one call, as a step on `prefix` makes."""
+        logits = self._kept_logits(prefix)
+        if logits is not None:
+            for line in reversed(self._lines):
+                if line.tokens[: len(prefix)] == prefix:
+                    cache = _fork(line.cache)
+                    if len(line.tokens) > len(prefix):
+                        cache.crop(len(prefix) - len(line.tokens))
+                    return logits, cache
+        line, start = self._checkout(prefix, feed_at_least=1)
+        self.forward_passes += 1
+        out = self._run(line, prefix, start, keep=1)
+        logits = self._keep_logits(prefix, out.logits[0, -1, : self.vocab_size])
+        return logits, _fork(line.cache)
+
+    def stop_ids(self, fill_stop: str) -> frozenset[int]:
+        """Tokens after which a fill or a sample stops: "eos" the end-of-sequence id(s) of the
+        tokenizer, the model config and its generation config; "line" those and every id
+        whose bytes contain a newline. Computed once per kind."""
+        if fill_stop not in ("eos", "line"):
+            raise ValueError(f'fill_stop must be "eos" or "line", not {fill_stop!r}')
+        ids = self._stop_ids.get(fill_stop)
+        if ids is None:
+            found: set[int] = set()
+            sources = (self.loaded.tokenizer.eos_token_id, getattr(self.model.config, "eos_token_id", None),
+                       getattr(getattr(self.model, "generation_config", None), "eos_token_id", None))
+            for value in sources:
+                if isinstance(value, int):
+                    found.add(value)
+                elif isinstance(value, (list, tuple, set)):
+                    found.update(v for v in value if isinstance(v, int))
+            found = {i for i in found if 0 <= i < self.vocab_size}
+            if fill_stop == "line":
+                pieces = self._token_bytes(range(self.vocab_size))
+                found.update(i for i, piece in pieces.items() if b"\n" in piece)
+            ids = self._stop_ids[fill_stop] = frozenset(found)
+        return ids
 
     def _check_ids(self, ids: Sequence[int]) -> None:
         """Only ids of the real vocabulary have a probability (padding rows are cut off)."""

@@ -1,34 +1,48 @@
 """Event types of the exploration log: stable names (never import paths), one frozen
 dataclass per type, and the JSON payloads they are stored as.
 
-Every payload is a JSON object with a schema version ``"v"`` (currently 1) and one key per
+Every payload is a JSON object with a schema version ``"v"`` (currently 2) and one key per
 field of its class. Payloads carry what the projector needs to apply the event AND what it
-needs to invert it exactly (the previous node, focus or position), so that ``undo`` never
-has to guess.
+needs to invert it exactly (the previous node, focus, position or name), so that ``undo``
+never has to guess.
 
 =====================  ==================  ==================================================
-type                   class               payload (besides ``"v": 1``)
+type                   class               payload (besides ``"v": 2``)
 =====================  ==================  ==================================================
 session.started        SessionStarted      model_name, fingerprint, vocab_key,
                                            prompt_sources: [str]
 branch.created         BranchCreated       branch_id, name, position, root_tokens: [int],
-                                           source: str|null, prev_focus: int|null
-token.appended         TokenAppended       branch_id, token_id, from_node
-token.popped           TokenPopped         branch_id, from_node
-branch.moved           BranchMoved         branch_id, node_id, from_node
+                                           source: str|null, prev_focus: int|null, group
+token.appended         TokenAppended       branch_id, token_id, from_node, group
+token.popped           TokenPopped         branch_id, from_node, group
+branch.moved           BranchMoved         branch_id, node_id, from_node, group
 branch.duplicated      BranchDuplicated    source_branch_id, branch_id, name, position,
-                                           prev_focus: int|null
+                                           prev_focus: int|null, group
 branch.removed         BranchRemoved       branch_id, position, prev_focus: int|null,
-                                           new_focus: int|null
-branch.focused         BranchFocused       branch_id, prev_focus: int|null
-branch.reset           BranchReset         branch_id, from_node
+                                           new_focus: int|null, group
+branch.focused         BranchFocused       branch_id, prev_focus: int|null, group
+branch.reset           BranchReset         branch_id, from_node, group
+branch.renamed         BranchRenamed       branch_id, name, prev_name, group
 prompt.saved           PromptSaved         branch_id, path
-undo                   Undo                target_seq, target_type
+samples.drawn          SamplesDrawn        branch_id, settings: {temperature, top_k, top_p,
+                                           min_p, ...}, seed, count, steps, group: int
+undo                   Undo                target_seqs: [int] (newest first), target_type
 =====================  ==================  ==================================================
 
-Undoable: every type that changes branches or focus (all but session.started, prompt.saved
-and undo itself). ``undo`` reverts the latest undoable event of the session that is not yet
-undone, so repeated undos walk further back; there is no redo.
+``group`` (int|null) ties several events together so that ONE undo reverts them all (a fill,
+a counterfactual pop + append, a set of samples). The caller picks the number; by convention
+it is the session version of the group's first event.
+
+Undoable: every type that changes branches, focus or names (all but session.started,
+prompt.saved, samples.drawn and undo itself). ``undo`` reverts the latest undoable event of
+the session that is not yet undone and, when that event has a group, every older undoable
+not-undone event right before it with the same group (the newest unbroken run of that group
+among the not-undone undoable events), newest first, in one ``undo`` event; repeated undos
+walk further back; there is no redo. ``samples.drawn`` records how a set of sample branches
+was drawn (its group is that of the branches it made); it changes no projection.
+
+Payload versions: v1 had no ``group`` (upcast: ``"group": null``) and ``undo`` had
+``target_seq: int`` (upcast: ``target_seqs: [target_seq]``).
 
 Changing a payload's shape: bump :data:`PAYLOAD_VERSION`, change the class, and add an
 upcaster to :data:`UPCASTERS` that turns the old payload into the new one. Stored rows are
@@ -46,7 +60,7 @@ from typing import Any, Union
 
 from tokentree.errors import StoreError
 
-PAYLOAD_VERSION = 1
+PAYLOAD_VERSION = 2
 
 SESSION_STARTED = "session.started"
 BRANCH_CREATED = "branch.created"
@@ -57,7 +71,9 @@ BRANCH_DUPLICATED = "branch.duplicated"
 BRANCH_REMOVED = "branch.removed"
 BRANCH_FOCUSED = "branch.focused"
 BRANCH_RESET = "branch.reset"
+BRANCH_RENAMED = "branch.renamed"
 PROMPT_SAVED = "prompt.saved"
+SAMPLES_DRAWN = "samples.drawn"
 UNDO = "undo"
 
 
@@ -84,6 +100,7 @@ class BranchCreated:
     root_tokens: tuple[int, ...]
     prev_focus: int | None
     source: str | None = None
+    group: int | None = None
 
 
 @dataclass(frozen=True)
@@ -91,12 +108,14 @@ class TokenAppended:
     branch_id: int
     token_id: int
     from_node: int
+    group: int | None = None
 
 
 @dataclass(frozen=True)
 class TokenPopped:
     branch_id: int
     from_node: int
+    group: int | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +123,7 @@ class BranchMoved:
     branch_id: int
     node_id: int
     from_node: int
+    group: int | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +133,7 @@ class BranchDuplicated:
     name: str
     position: int
     prev_focus: int | None
+    group: int | None = None
 
 
 @dataclass(frozen=True)
@@ -121,18 +142,29 @@ class BranchRemoved:
     position: int
     prev_focus: int | None
     new_focus: int | None
+    group: int | None = None
 
 
 @dataclass(frozen=True)
 class BranchFocused:
     branch_id: int
     prev_focus: int | None
+    group: int | None = None
 
 
 @dataclass(frozen=True)
 class BranchReset:
     branch_id: int
     from_node: int
+    group: int | None = None
+
+
+@dataclass(frozen=True)
+class BranchRenamed:
+    branch_id: int
+    name: str
+    prev_name: str
+    group: int | None = None
 
 
 @dataclass(frozen=True)
@@ -142,14 +174,27 @@ class PromptSaved:
 
 
 @dataclass(frozen=True)
+class SamplesDrawn:
+    """Not undoable and no projection change: the record of how the sample branches of
+    `group` were drawn from `branch_id` (`count` continuations of up to `steps` tokens)."""
+
+    branch_id: int
+    settings: dict[str, Any]  # temperature, top_k, top_p, min_p (JSON scalars)
+    seed: int
+    count: int
+    steps: int
+    group: int
+
+
+@dataclass(frozen=True)
 class Undo:
-    target_seq: int
+    target_seqs: tuple[int, ...]  # newest first; the first is of type target_type
     target_type: str
 
 
 EventData = Union[
     SessionStarted, BranchCreated, TokenAppended, TokenPopped, BranchMoved, BranchDuplicated,
-    BranchRemoved, BranchFocused, BranchReset, PromptSaved, Undo,
+    BranchRemoved, BranchFocused, BranchReset, BranchRenamed, PromptSaved, SamplesDrawn, Undo,
 ]
 
 # THE mapping between stored type names and classes (names are stored: never change one).
@@ -163,17 +208,41 @@ EVENT_CLASSES: dict[str, type] = {
     BRANCH_REMOVED: BranchRemoved,
     BRANCH_FOCUSED: BranchFocused,
     BRANCH_RESET: BranchReset,
+    BRANCH_RENAMED: BranchRenamed,
     PROMPT_SAVED: PromptSaved,
+    SAMPLES_DRAWN: SamplesDrawn,
     UNDO: Undo,
 }
 TYPE_NAMES: dict[type, str] = {cls: name for name, cls in EVENT_CLASSES.items()}
 
 EVENT_TYPES = frozenset(EVENT_CLASSES)
-UNDOABLE = EVENT_TYPES - {SESSION_STARTED, PROMPT_SAVED, UNDO}
+UNDOABLE = EVENT_TYPES - {SESSION_STARTED, PROMPT_SAVED, SAMPLES_DRAWN, UNDO}
+
+
+def _v1_add_group(payload: dict[str, Any]) -> dict[str, Any]:
+    return {**payload, "group": None}
+
+
+def _v1_undo(payload: dict[str, Any]) -> dict[str, Any]:
+    body = dict(payload)
+    if "target_seq" in body:
+        body["target_seqs"] = [body.pop("target_seq")]
+    return body
+
 
 # (type name, payload version v) -> a function turning a payload of version v into one of
 # version v + 1. A missing entry means that type's payload did not change at that step.
-UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
+    # v1 -> v2: undoable events got a group; undo reverts a list of events.
+    **{
+        (name, 1): _v1_add_group
+        for name in (
+            BRANCH_CREATED, TOKEN_APPENDED, TOKEN_POPPED, BRANCH_MOVED, BRANCH_DUPLICATED,
+            BRANCH_REMOVED, BRANCH_FOCUSED, BRANCH_RESET,
+        )
+    },
+    (UNDO, 1): _v1_undo,
+}
 
 
 def type_name(data: EventData) -> str:

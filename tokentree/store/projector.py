@@ -27,11 +27,13 @@ from .events import (
     BranchFocused,
     BranchMoved,
     BranchRemoved,
+    BranchRenamed,
     BranchReset,
     Event,
     EventData,
     EventFormatError,
     PromptSaved,
+    SamplesDrawn,
     SessionStarted,
     TokenAppended,
     TokenPopped,
@@ -83,6 +85,7 @@ _REMOVE_BRANCH = update(branches_t).where(branches_t.c.id == bindparam("bid")).v
 _RESTORE_BRANCH = (
     update(branches_t).where(branches_t.c.id == bindparam("bid")).values(removed=False, position=bindparam("pos"))
 )
+_SET_BRANCH_NAME = update(branches_t).where(branches_t.c.id == bindparam("bid")).values(name=bindparam("name"))
 _INS_BRANCH = insert(branches_t)
 _SEL_EVENT = select(events_t).where(events_t.c.seq == bindparam("seq"))
 _SEL_CHECKPOINT = select(checkpoint_t.c.last_seq).where(checkpoint_t.c.id == 1)
@@ -304,16 +307,38 @@ def _branch_reset(conn: Connection, ev: Event, p: BranchReset) -> None:
     _set_node(conn, branch, p.from_node, branch.root_node_id)
 
 
+def _branch_renamed(conn: Connection, ev: Event, p: BranchRenamed) -> None:
+    branch = _branch(conn, ev.session_id, p.branch_id)
+    if branch.name != p.prev_name:
+        raise ProjectionError(f"branch {branch.id} is called {branch.name!r}, the event expects {p.prev_name!r}")
+    conn.execute(_SET_BRANCH_NAME, {"bid": branch.id, "name": p.name})
+
+
 def _prompt_saved(conn: Connection, ev: Event, p: PromptSaved) -> None:
     pass  # recorded for history; changes no projection but the session's last use
 
 
+def _samples_drawn(conn: Connection, ev: Event, p: SamplesDrawn) -> None:
+    # Recorded for history (how the sample branches of its group were drawn); the branches
+    # themselves are made by the events of the group that follow it.
+    _branch(conn, ev.session_id, p.branch_id)
+
+
 def _undo(conn: Connection, ev: Event, p: Undo) -> None:
+    """Revert the target events, in the order listed (newest first)."""
     sid = ev.session_id
-    row = conn.execute(_SEL_EVENT, {"seq": p.target_seq}).first()
-    if row is None or row.session_id != sid or row.type not in UNDOABLE or row.seq >= ev.seq:
-        raise ProjectionError(f"undo of an event that cannot be undone (seq {p.target_seq})")
-    target = _decode(row.seq, row.type, load_payload(row.payload))
+    if not p.target_seqs:
+        raise ProjectionError("undo without a target")
+    previous = ev.seq
+    for seq in p.target_seqs:
+        row = conn.execute(_SEL_EVENT, {"seq": seq}).first()
+        if row is None or row.session_id != sid or row.type not in UNDOABLE or row.seq >= previous:
+            raise ProjectionError(f"undo of an event that cannot be undone (seq {seq})")
+        previous = row.seq
+        _invert(conn, sid, row.type, _decode(row.seq, row.type, load_payload(row.payload)))
+
+
+def _invert(conn: Connection, sid: int, type_name: str, target: EventData) -> None:
     if isinstance(target, (BranchCreated, BranchDuplicated)):
         _remove(conn, _branch(conn, sid, target.branch_id), target.prev_focus)
     elif isinstance(target, (TokenAppended, TokenPopped, BranchMoved, BranchReset)):
@@ -326,8 +351,11 @@ def _undo(conn: Connection, ev: Event, p: Undo) -> None:
         _set_focus(conn, sid, target.prev_focus)
     elif isinstance(target, BranchFocused):
         _set_focus(conn, sid, target.prev_focus)
+    elif isinstance(target, BranchRenamed):
+        branch = _branch(conn, sid, target.branch_id)
+        conn.execute(_SET_BRANCH_NAME, {"bid": branch.id, "name": target.prev_name})
     else:  # pragma: no cover - events.UNDOABLE and this list agree (tests/test_events.py)
-        raise ProjectionError(f"no inverse for {row.type}")
+        raise ProjectionError(f"no inverse for {type_name}")
 
 
 HANDLERS = {
@@ -340,7 +368,9 @@ HANDLERS = {
     BranchRemoved: _branch_removed,
     BranchFocused: _branch_focused,
     BranchReset: _branch_reset,
+    BranchRenamed: _branch_renamed,
     PromptSaved: _prompt_saved,
+    SamplesDrawn: _samples_drawn,
     Undo: _undo,
 }
 

@@ -18,7 +18,7 @@ from tokentree.errors import SessionNotFound, StoreError
 from tokentree.outputs import Analysis, NodeOutput
 
 from . import cache
-from .events import BRANCH_CREATED, UNDO, UNDOABLE, Event, event_from_row
+from .events import BRANCH_CREATED, BRANCH_DUPLICATED, BRANCH_REMOVED, UNDO, UNDOABLE, Event, event_from_row
 from .schema import branches_t, events_t, focus_t, nodes_t, outputs_t, session_nodes_t, sessions_t
 from .types import Branch, Node, SessionInfo, SessionSummary
 
@@ -58,6 +58,21 @@ _SEL_SESSION_TREE = (
     .where(session_nodes_t.c.session_id == bindparam("sid"))
     .order_by(nodes_t.c.id)
 )
+# Undoable events of a session not undone yet, newest first (a session's versions follow its
+# seq order; the (session_id, version) index walks it backwards), with their group. An undo
+# row names its targets as target_seqs (v2) or target_seq (v1 rows, never rewritten).
+_SEL_UNDO_CANDIDATES = text(
+    "SELECT seq, type, json_extract(payload, '$.group') AS grp FROM events "
+    "WHERE session_id = :sid AND type IN (%s) AND seq NOT IN ("
+    " SELECT json_extract(payload, '$.target_seq') FROM events"
+    " WHERE session_id = :sid AND type = :undo AND json_extract(payload, '$.target_seq') IS NOT NULL"
+    " UNION ALL"
+    " SELECT j.value FROM events, json_each(events.payload, '$.target_seqs') AS j"
+    " WHERE events.session_id = :sid AND events.type = :undo"
+    ") ORDER BY version DESC" % ", ".join("'%s'" % t for t in sorted(UNDOABLE))
+)
+# How undoing an event changes the number of live branches.
+_LIVE_CHANGE = {BRANCH_CREATED: -1, BRANCH_DUPLICATED: -1, BRANCH_REMOVED: +1}
 _SEL_SESSION_NODE_COUNT = (
     select(func.count()).select_from(session_nodes_t).where(session_nodes_t.c.session_id == bindparam("sid"))
 )
@@ -191,25 +206,34 @@ class Reader:
     def live_branch_count(self, session_id: int) -> int:
         return self.conn.execute(_SEL_LIVE_BRANCH_COUNT, {"sid": session_id}).scalar_one()
 
-    def undo_target(self, session_id: int):
-        """(seq, type) of the event an undo would revert now, or None."""
-        undone = select(func.json_extract(events_t.c.payload, "$.target_seq")).where(
-            events_t.c.session_id == session_id, events_t.c.type == UNDO
-        )
-        target = self.conn.execute(
-            select(events_t.c.seq, events_t.c.type)
-            .where(
-                events_t.c.session_id == session_id,
-                events_t.c.type.in_(sorted(UNDOABLE)),
-                events_t.c.seq.not_in(undone),
-            )
-            .order_by(events_t.c.seq.desc())
-            .limit(1)
-        ).first()
+    def undo_targets(self, session_id: int) -> list:
+        """(seq, type) rows of the events an undo would revert now, newest first; empty when
+        there is nothing to undo. That is the latest undoable event not yet undone and, when
+        it has a group, the older not-undone undoable events right before it with the same
+        group (the group's newest unbroken run)."""
+        run: list = []
+        result = self.conn.execute(_SEL_UNDO_CANDIDATES, {"sid": session_id, "undo": UNDO})
+        try:
+            for row in result:  # newest first; stop at the end of the run
+                if run and row.grp != run[0].grp:
+                    break
+                run.append(row)
+                if row.grp is None:
+                    break  # an event without a group is undone alone
+        finally:
+            result.close()
+        if not run:
+            return []
         # Undo history ends at the last branch: a session always keeps at least one.
-        if target is not None and target.type == BRANCH_CREATED and self.live_branch_count(session_id) <= 1:
-            return None
-        return target
+        change = sum(_LIVE_CHANGE.get(r.type, 0) for r in run)
+        if self.live_branch_count(session_id) + change < 1:
+            return []
+        return [(r.seq, r.type) for r in run]
+
+    def undo_target(self, session_id: int):
+        """(seq, type) of the newest event an undo would revert now, or None."""
+        targets = self.undo_targets(session_id)
+        return targets[0] if targets else None
 
     def can_undo(self, session_id: int) -> bool:
         return self.undo_target(session_id) is not None

@@ -2,7 +2,8 @@
 (:mod:`.commands`) and reads (:mod:`.reads`).
 
 Every command runs in ONE ``BEGIN IMMEDIATE`` transaction that validates the command against
-the projections, appends exactly one event and lets the projector update the projections.
+the projections, appends exactly one event (``record_samples``: its whole group of events)
+and lets the projector update the projections.
 Reads run in a deferred ``BEGIN`` (a consistent WAL snapshot). SQLite failures become
 :class:`StoreError` with a one-line message.
 """
@@ -20,7 +21,7 @@ from tokentree.errors import StoreError
 from tokentree.outputs import Analysis, NodeOutput
 
 from . import cache, migrate
-from .commands import Commands, check_token_id
+from .commands import Commands, check_branch_name, check_group, check_samples, check_token_id
 from .engine import enable_wal, make_engine
 from .events import Event
 from .files import check_file, create_file, db_errors
@@ -148,34 +149,99 @@ class Store:
         source: str | None = None,
         name: str | None = None,
         expected_version: int | None = None,
+        group: int | None = None,
     ) -> int:
+        check_group(group)
         with self.writing() as cmd:
-            return cmd.create_branch(session_id, root_tokens, source=source, name=name, expected_version=expected_version)
+            return cmd.create_branch(
+                session_id, root_tokens, source=source, name=name, expected_version=expected_version, group=group
+            )
 
-    def append_token(self, session_id: int, branch_id: int, token_id: int, *, expected_version: int | None = None) -> int:
+    def append_token(
+        self,
+        session_id: int,
+        branch_id: int,
+        token_id: int,
+        *,
+        expected_version: int | None = None,
+        group: int | None = None,
+    ) -> int:
         token_id = check_token_id(token_id)  # before taking the write lock
+        check_group(group)
         with self.writing() as cmd:
-            return cmd.append_token(session_id, branch_id, token_id, expected_version=expected_version)
+            return cmd.append_token(session_id, branch_id, token_id, expected_version=expected_version, group=group)
 
-    def pop_token(self, session_id: int, branch_id: int, *, expected_version: int | None = None) -> int:
+    def pop_token(
+        self, session_id: int, branch_id: int, *, expected_version: int | None = None, group: int | None = None
+    ) -> int:
+        check_group(group)
         with self.writing() as cmd:
-            return cmd.pop_token(session_id, branch_id, expected_version=expected_version)
+            return cmd.pop_token(session_id, branch_id, expected_version=expected_version, group=group)
 
-    def move_branch(self, session_id: int, branch_id: int, node_id: int, *, expected_version: int | None = None) -> None:
+    def move_branch(
+        self,
+        session_id: int,
+        branch_id: int,
+        node_id: int,
+        *,
+        expected_version: int | None = None,
+        group: int | None = None,
+    ) -> None:
+        check_group(group)
         with self.writing() as cmd:
-            cmd.move_branch(session_id, branch_id, node_id, expected_version=expected_version)
+            cmd.move_branch(session_id, branch_id, node_id, expected_version=expected_version, group=group)
 
-    def duplicate_branch(self, session_id: int, branch_id: int, *, expected_version: int | None = None) -> int:
+    def duplicate_branch(
+        self, session_id: int, branch_id: int, *, expected_version: int | None = None, group: int | None = None
+    ) -> int:
+        check_group(group)
         with self.writing() as cmd:
-            return cmd.duplicate_branch(session_id, branch_id, expected_version=expected_version)
+            return cmd.duplicate_branch(session_id, branch_id, expected_version=expected_version, group=group)
 
     def remove_branch(self, session_id: int, branch_id: int, *, expected_version: int | None = None) -> None:
         with self.writing() as cmd:
             cmd.remove_branch(session_id, branch_id, expected_version=expected_version)
 
-    def focus_branch(self, session_id: int, branch_id: int, *, expected_version: int | None = None) -> None:
+    def focus_branch(
+        self, session_id: int, branch_id: int, *, expected_version: int | None = None, group: int | None = None
+    ) -> None:
+        check_group(group)
         with self.writing() as cmd:
-            cmd.focus_branch(session_id, branch_id, expected_version=expected_version)
+            cmd.focus_branch(session_id, branch_id, expected_version=expected_version, group=group)
+
+    def rename_branch(self, session_id: int, branch_id: int, name: str, *, expected_version: int | None = None) -> None:
+        """StoreError (one line) for a name that is empty after strip, longer than 40
+        characters or holds control characters, and for the branch's current name."""
+        name = check_branch_name(name)  # before taking the write lock
+        with self.writing() as cmd:
+            cmd.rename_branch(session_id, branch_id, name, expected_version=expected_version)
+
+    def record_samples(
+        self,
+        session_id: int,
+        branch_id: int,
+        *,
+        settings: Mapping[str, Any],
+        seed: int,
+        continuations: Sequence[Sequence[int]],
+        names: Sequence[str],
+        steps: int,
+        expected_version: int | None = None,
+    ) -> tuple[list[int], int]:
+        """Samples as new branches, all in ONE transaction and ONE undo group (see
+        :meth:`Commands.record_samples`). Returns (new branch ids, session version after)."""
+        settings, seed, conts, names, steps = check_samples(settings, seed, continuations, names, steps)
+        with self.writing() as cmd:
+            return cmd.record_samples(
+                session_id,
+                branch_id,
+                settings=settings,
+                seed=seed,
+                continuations=conts,
+                names=names,
+                steps=steps,
+                expected_version=expected_version,
+            )
 
     def reset_branch(self, session_id: int, branch_id: int, *, expected_version: int | None = None) -> None:
         with self.writing() as cmd:

@@ -17,9 +17,10 @@ import urwid
 
 from tokentree.errors import TokentreeError
 from tokentree.logs import setup_logging
-from tokentree.tui.keymap import EXPLORER, GLOBAL, Keymap, build_keymap
+from tokentree.tui.keymap import EXPLORER, GLOBAL, TEXT, Keymap, build_keymap
 from tokentree.tui.palette import build_palette, pick_colors
-from tokentree.tui.widgets import BranchList, CandidateTable, HelpView, PromptPane, StatusBar, TreePane
+from tokentree.tui.widgets import (BranchList, CandidateTable, HelpView, LineField, PromptPane, StatusBar,
+                                   TreePane)
 from tokentree.core.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -54,12 +55,17 @@ class ExplorerApp:
         self.table = CandidateTable()
         self.branches = BranchList()
         self.tree = TreePane()
-        self.status = StatusBar(f"{keymap.hint('help')}: help  {keymap.hint('quit')}: quit")
+        self.status = StatusBar(f"{keymap.hint('help')}: help  {keymap.hint('quit')}: quit",
+                                cancel_hint=keymap.hint("cancel"))
+        # A text field (rename, search) while one is open: keys go to it (the TEXT context).
+        self.field: LineField | None = None
+        self.field_kind: str | None = None
         self.right = urwid.Pile([self.branches])
-        columns = urwid.Columns([("weight", 3, self.table), ("weight", 2, self.right)])
-        self.frame = urwid.Frame(urwid.Pile([("weight", 2, self.prompt), ("weight", 3, columns)]),
-                                 footer=self.status)
-        self.overlay = urwid.Overlay(HelpView(keymap.help_rows()), self.frame,
+        self.columns = urwid.Columns([("weight", 3, self.table), ("weight", 2, self.right)])
+        self.body = urwid.Pile([("weight", 2, self.prompt), ("weight", 3, self.columns)])
+        self.frame = urwid.Frame(self.body, footer=self.status)
+        self.help = HelpView(keymap.help_rows())
+        self.overlay = urwid.Overlay(self.help, self.frame,
                                      "center", ("relative", 80), "middle", ("relative", 80))
         self.root = KeyRouter(self, self.frame)
         for name in keymap.commands:  # a handler the registry misnames fails now, not on its key
@@ -70,13 +76,24 @@ class ExplorerApp:
     # ---------------------------------------------------------------- keys
     def handle_key(self, key: str) -> bool:
         if self.show_help:
-            # Over the help only global commands run (help closes it, quit quits);
-            # any other key just closes it.
+            # Over the help only global commands run (help closes it, quit quits); the
+            # scroll keys move it; any other key just closes it.
             command = self.keymap.command_for(key, GLOBAL)
-            if command is None:
-                self.toggle_help()
-            else:
+            if command is not None:
                 self.handler(command)()
+            elif key in HelpView.SCROLL_KEYS:
+                self.help.scroll(key)
+            else:
+                self.toggle_help()
+            return True
+        if self.field is not None:
+            # A text field is open: its commands (enter, esc) and the global ctrl-keys run;
+            # every other key is the field's (letters type, never run commands).
+            command = self.keymap.command_for(key, TEXT)
+            if command is not None:
+                self.run_command(command)
+            else:
+                self.field.keypress((self.FIELD_COLS,), key)  # a key it cannot use is dropped
             return True
         command = self.keymap.command_for(key, EXPLORER)
         if command is None:
@@ -102,6 +119,50 @@ class ExplorerApp:
         for key in keys:
             if self.root.keypress((80, 24), key) is not None:
                 self.explorer.message = f"unbound key: {key}"
+
+    # ---------------------------------------------------------------- text fields
+    FIELD_COLS = 1000  # the width a field's keypress assumes (one logical line; home/end are ours)
+
+    def open_rename(self) -> None:
+        """Rename: a field in place of the focused branch's row, holding its name."""
+        self._open_field("rename", LineField("name", self.explorer.focused_branch_name))
+        self.branches.editor = self.field
+        self.body.focus_position = 1  # focus path to the field: the terminal cursor sits in it
+        self.columns.focus_position = 1
+        self.right.focus_position = 0
+
+    def open_search(self) -> None:
+        """Search: a field in the footer, in place of the message line."""
+        self._open_field("search", LineField("search"))
+        self.status.set_editor(self.field)
+        self.frame.focus_position = "footer"
+
+    def _open_field(self, kind: str, field: LineField) -> None:
+        self.field, self.field_kind = field, kind
+        # The field's keys lead the status line (the rest of it may be clipped).
+        self.status.field_hint = (f"{self.keymap.hint('text_commit')}: {kind}  "
+                                  f"{self.keymap.hint('text_cancel')}: cancel")
+
+    def _close_field(self) -> tuple[str | None, str]:
+        kind, text = self.field_kind, self.field.edit_text if self.field is not None else ""
+        self.field = self.field_kind = None
+        self.branches.editor = None
+        self.status.set_editor(None)
+        self.status.field_hint = None
+        self.frame.focus_position = "body"
+        return kind, text
+
+    def commit_text(self) -> None:
+        """Enter in a field: close it, then rename or search (an error shows in the status line)."""
+        kind, text = self._close_field()
+        if kind == "rename":
+            self.explorer.rename_branch(text)
+        elif kind == "search":
+            self.explorer.search(text)
+
+    def cancel_text(self) -> None:
+        """Esc in a field: close it; nothing is recorded."""
+        self._close_field()
 
     def quit(self) -> None:
         raise urwid.ExitMainLoop()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from tokentree.commands import COMMANDS, EXPLORER, GLOBAL, TEXT, Command, check_registry
+from tokentree.commands import COMMANDS, EXPLORER, GLOBAL, TEXT, Command, check_registry, contexts_overlap
 from tokentree.errors import ConfigError
 
 __all__ = ["COMMANDS", "EXPLORER", "GLOBAL", "TEXT", "Command", "Keymap", "build_keymap",
@@ -89,8 +89,9 @@ class Keymap:
                  overrides: Mapping[str, Sequence[str]] | None = None) -> None:
         check_registry(commands)
         self.commands = {c.name: c for c in commands}
+        context = {c.name: c.context for c in commands}
         keys = {c.name: list(c.keys) for c in commands}
-        overridden: dict[str, str] = {}  # key -> command the user bound it to
+        overridden: dict[str, list[str]] = {}  # key -> the commands the user bound it to
         for name, names in (overrides or {}).items():
             if name not in self.commands:
                 known = ", ".join(self.commands)
@@ -101,19 +102,26 @@ class Keymap:
                     key = normalize_key(raw)
                 except ValueError:
                     raise ConfigError(f"[keys] {name}: unknown key name {raw!r}") from None
-                if key in overridden and overridden[key] != name:
-                    raise ConfigError(f"[keys] key {raw!r} is bound to both {overridden[key]} and {name}")
-                overridden[key] = name
+                if context[name] == TEXT and is_printable(key):
+                    raise ConfigError(f"[keys] {name}: {raw!r} types a character in a text field; "
+                                      "bind a named or ctrl key")
+                for other in overridden.get(key, ()):
+                    if other != name and contexts_overlap(context[other], context[name]):
+                        raise ConfigError(f"[keys] key {raw!r} is bound to both {other} and {name}")
+                overridden.setdefault(key, []).append(name)
                 bound.append(key)
             keys[name] = bound
-        # A key the user bound elsewhere leaves its default command.
+        # A key the user bound to another command of an overlapping context leaves its
+        # default command (esc can stay a text command when a main-screen command takes it).
         for name, bound in keys.items():
-            keys[name] = [k for k in bound if overridden.get(k, name) == name]
+            keys[name] = [k for k in bound
+                          if all(other == name or not contexts_overlap(context[other], context[name])
+                                 for other in overridden.get(k, ()))]
         self.keys = {name: tuple(dict.fromkeys(bound)) for name, bound in keys.items()}
-        self._by_key: dict[str, str] = {}
+        self._by_key: dict[str, list[str]] = {}
         for name, bound in self.keys.items():
             for key in bound:
-                self._by_key[key] = name
+                self._by_key.setdefault(key, []).append(name)
 
     def command_for(self, key: str, context: str = EXPLORER) -> str | None:
         """The command a key runs in a context, or None (the key is not a command there).
@@ -121,18 +129,18 @@ class Keymap:
         A command works in its own context; a global one works in every context, except that
         in a text field (TEXT) only its ctrl-keys do. In a text field a printable key is never
         a command, so the field can type it. Asking for GLOBAL gives the global commands only
-        (the help overlay).
+        (the help overlay). One key may name an explorer and a text command (esc).
         """
-        name = self._by_key.get(key)
-        if name is None:
+        if context == TEXT and is_printable(key):
             return None
-        command_context = self.commands[name].context
-        if context == TEXT:
-            if is_printable(key):
-                return None
-            if command_context == GLOBAL:
-                return name if _is_ctrl(key) else None
-        return name if command_context in (GLOBAL, context) else None
+        for name in self._by_key.get(key, ()):
+            command_context = self.commands[name].context
+            if context == TEXT and command_context == GLOBAL:
+                if _is_ctrl(key):
+                    return name
+            elif command_context in (GLOBAL, context):
+                return name
+        return None
 
     def hint(self, name: str) -> str:
         return "/".join(display_key(k) for k in self.keys.get(name, ())) or "unbound"

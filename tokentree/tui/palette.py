@@ -61,6 +61,13 @@ def build_palette() -> list[tuple]:
         ("title", "white,bold", "default", "bold", "h231,bold", "default"),
         ("help", "light gray", "black", "", "h252", "h235"),
         ("help_key", "yellow,bold", "black", "bold", "h221,bold", "h235"),
+        # Text fields (rename, search): the caption and the text being typed.
+        ("edit_caption", "black,bold", "yellow", "standout", "h16,bold", "h221"),
+        ("edit", "white", "dark gray", "underline", "h231", "h238"),
+        # Sampler column: a survivor's renormalized probability; a filtered-out row is dimmed.
+        ("sampled", "light cyan", "default", "bold", "h117", "default"),
+        ("filtered", "dark gray", "default", "", "h240", "default"),
+        ("search", "light magenta", "default", "bold", "h213", "default"),
     ]
     for kind, (ramp16, ramp256) in GRADIENTS.items():
         for i in range(LEVELS):

@@ -68,7 +68,7 @@ class PromptPane(urwid.WidgetWrap):
     def __init__(self) -> None:
         self.body = BottomText()
         self.info = urwid.Text("", wrap="clip")
-        self.legend = urwid.Text("", wrap="clip")
+        self.legend = urwid.Text("")  # wraps: a long sampler description stays readable
         self.box = urwid.LineBox(urwid.Pile([self.body, ("pack", self.info), ("pack", self.legend)]),
                                  title="prompt", title_align="left")
         super().__init__(self.box)
@@ -122,7 +122,8 @@ class PromptPane(urwid.WidgetWrap):
 
 
 class CandidateTable(urwid.WidgetWrap):
-    """The next-token table: rank, token, probability, explored marker, layer heat map."""
+    """The next-token table: rank, token, probability, sampler column (v), explored marker,
+    layer heat map. Fits a 48-column pane (an 80-column terminal) with the sampler column on."""
 
     TOKEN_WIDTH = 18
 
@@ -130,19 +131,21 @@ class CandidateTable(urwid.WidgetWrap):
         self.header = urwid.Text("")
         self.walker = urwid.SimpleFocusListWalker([])
         self.listbox = urwid.ListBox(self.walker)
-        self.box = urwid.LineBox(urwid.Pile([("pack", self.header), self.listbox]), title="next token",
-                                 title_align="left")
+        self.legend = urwid.Text("")  # wraps: a long sampler description stays readable
+        self.pile = urwid.Pile([("pack", self.header), self.listbox])
+        self.box = urwid.LineBox(self.pile, title="next token", title_align="left")
         super().__init__(self.box)
 
     def update(self, snap: Snapshot) -> None:
         layers = snap.num_layers if snap.layer_view != "off" else 0
-        head = f"    # {fit('token', self.TOKEN_WIDTH)}    prob  tree"
+        sampler = snap.sampler is not None
+        head = f"    # {fit('token', self.TOKEN_WIDTH)}    prob" + (" sample" if sampler else "") + "  tree"
         if snap.layer_view != "off":
             head += "   layers" + (" (computing\u2026)" if snap.view_pending and not layers else "")
         self.header.set_text(("header", head))
         rows: list[urwid.Widget] = []
         for i, row in enumerate(snap.candidates):
-            rows.append(self._row(row, selected=i == snap.selected, layers=layers))
+            rows.append(self._row(row, selected=i == snap.selected, layers=layers, sampler=sampler))
         if snap.waiting:
             note = "waiting for the model\u2026" if snap.status.engine_ready or snap.status.busy else "model not loaded"
             rows.append(urwid.Text(("na", f"  {note}")))
@@ -150,33 +153,68 @@ class CandidateTable(urwid.WidgetWrap):
         if snap.candidates:
             self.listbox.set_focus(min(snap.selected, len(rows) - 1))
         title = f"next token \u00b7 {len(snap.candidates)} shown"
+        if sampler:
+            title += " \u00b7 sampler"
         if snap.layer_view != "off":
             title += f" \u00b7 {_LAYER_TITLE[snap.layer_view]}"
         self.box.set_title(title)
+        # The sampler's settings on a legend line under the table (a title would be clipped).
+        parts = [(self.header, ("pack", None)), (self.listbox, ("weight", 1))]
+        if sampler:
+            self.legend.set_text([("legend", "sampler "), ("sampled", snap.sampler),
+                                  ("legend", " \u00b7 "), ("filtered", "dim"), ("legend", ": filtered out")])
+            parts.append((self.legend, ("pack", None)))
+        if len(self.pile.contents) != len(parts):
+            self.pile.contents[:] = parts
+            self.pile.focus_position = 1
 
-    def _row(self, row: CandidateRow, *, selected: bool, layers: int) -> urwid.Widget:
+    def _row(self, row: CandidateRow, *, selected: bool, layers: int, sampler: bool = False) -> urwid.Widget:
         rank = f"{row.rank:>4}" if row.rank is not None else "   ?"
         prob = f"{row.prob * 100:6.2f}%" if row.prob is not None else "    n/a"
         marker = f"\u25b8{row.subtree:<4}" if row.explored else "     "
-        plain = "selected" if selected else None
+        filtered = sampler and row.sampled is None
+        plain = "selected" if selected else ("filtered" if filtered else None)
         markup = [
             (plain or "rank", ("\u25b6" if selected else " ") + rank + " "),
             (plain or "token", fit(row.text, self.TOKEN_WIDTH)),
-            (plain or "prob_text", " " + prob + "  "),
-            (plain or "explored", marker),
+            (plain or "prob_text", " " + prob + " "),
         ]
+        if sampler:
+            cell = f"{row.sampled * 100:5.1f}%" if row.sampled is not None else "     \u00b7"
+            markup.append((plain or "sampled", cell))
+        markup += [(plain or "prob_text", " "), (plain or "explored", marker)]
         if layers and row.layers:
             markup.append(" ")
             markup += [(f"heat_{level(v)}", "\u2588") for v in row.layers]
         return urwid.AttrMap(urwid.Text(markup, wrap="clip"), plain)
 
 
+class LineField(urwid.Edit):
+    """A one-line text field (rename, search). Home and end go to the ends of the text,
+    even where a long text wraps on screen."""
+
+    def __init__(self, caption: str, text: str = "") -> None:
+        super().__init__([("edit_caption", f" {caption} "), " "], text)
+        self.set_edit_pos(len(text))
+
+    def keypress(self, size, key):
+        if key == "home":
+            self.set_edit_pos(0)
+            return None
+        if key == "end":
+            self.set_edit_pos(len(self.edit_text))
+            return None
+        return super().keypress(size, key)
+
+
 class BranchList(urwid.WidgetWrap):
-    """Every branch: depth, appended tokens, their total log-probability and perplexity."""
+    """Every branch: depth, appended tokens, their total log-probability and perplexity.
+    While a branch is renamed, its row is the text field (`editor`)."""
 
     def __init__(self) -> None:
         self.walker = urwid.SimpleFocusListWalker([])
         self.listbox = urwid.ListBox(self.walker)
+        self.editor: urwid.Widget | None = None
         header = urwid.Text(("header", f"  {fit('name', 10)} {'len':>4} {'+app':<4} {'logprob':>7} {'ppl':>7}"),
                             wrap="clip")
         self.box = urwid.LineBox(urwid.Pile([("pack", header), self.listbox]), title="branches",
@@ -184,9 +222,16 @@ class BranchList(urwid.WidgetWrap):
         super().__init__(self.box)
 
     def update(self, snap: Snapshot) -> None:
-        self.walker[:] = [self._row(b) for b in snap.branches]
+        rows = [self._row(b) for b in snap.branches]
         focus = next((i for i, b in enumerate(snap.branches) if b.focused), 0)
-        if snap.branches:
+        if self.editor is not None:
+            field = urwid.AttrMap(self.editor, "edit")
+            if rows:
+                rows[focus] = field
+            else:
+                rows.append(field)
+        self.walker[:] = rows
+        if rows:
             self.listbox.set_focus(focus)
         self.box.set_title(f"branches \u00b7 {len(snap.branches)}")
 
@@ -229,21 +274,36 @@ class TreePane(urwid.WidgetWrap):
 
 
 class StatusBar(urwid.WidgetWrap):
-    """Message line, then: model, device, dtype, session, cache or forward pass, busy, hint."""
+    """Message line (or the search field while it is open), then: busy, cache or forward
+    pass, model, device, dtype, session, hint. A search's position leads the message line."""
 
-    def __init__(self, hint: str) -> None:
+    def __init__(self, hint: str, cancel_hint: str = "esc") -> None:
         self.hint = hint
+        self.cancel_hint = cancel_hint  # the key that stops a fill, as bound
         self.message = urwid.Text("")
         self.line = urwid.Text("", wrap="clip")
         self.line_map = urwid.AttrMap(self.line, "status")
-        super().__init__(urwid.Pile([self.message, self.line_map]))
+        self.pile = urwid.Pile([self.message, self.line_map])
+        self.editor: urwid.Widget | None = None
+        self.field_hint: str | None = None  # while a text field is open: its keys, shown first
+        super().__init__(self.pile)
+
+    def set_editor(self, editor: urwid.Widget | None) -> None:
+        """Show a text field in place of the message line (None: the message line again)."""
+        self.editor = editor
+        top = self.message if editor is None else urwid.AttrMap(editor, "edit")
+        self.pile.contents[0] = (top, ("pack", None))
+        self.pile.focus_position = 0
 
     def update(self, snap: Snapshot) -> None:
         st = snap.status
+        search = [("search", snap.search), "  "] if snap.search else []
         if st.error:
-            self.message.set_text(("error", st.error))
+            self.message.set_text(search + [("error", st.error)])
+        elif search or snap.message:
+            self.message.set_text(search + [("message", snap.message or "")])
         else:
-            self.message.set_text(("message", snap.message or ""))
+            self.message.set_text("")
         if st.origin == "forward":
             origin = f"forward pass {st.ms:.0f} ms" if st.ms is not None else "forward pass"
         elif st.origin == "cache":
@@ -251,19 +311,34 @@ class StatusBar(urwid.WidgetWrap):
         else:
             origin = "not computed yet"
         # Busy state first: it is what a user waits on, and the line may be clipped.
-        busy = f" \u23f3 {st.busy}\u2026" if st.busy else " idle"
+        stop = f" \u00b7 {self.cancel_hint} stops" if st.cancellable else ""
+        busy = f" \u23f3 {st.busy}{stop}\u2026" if st.busy else " idle"
         model = " \u00b7 ".join([st.model, st.device, st.dtype, f"session {st.session_id}"])
-        self.line.set_text([("status_busy" if st.busy else "status", busy),
+        lead = [("edit_caption", f" {self.field_hint} "), " "] if self.field_hint else []
+        self.line.set_text([*lead, ("status_busy" if st.busy else "status", busy),
                             f" \u2502 {origin} \u2502 {model} \u2502 {self.hint}"])
 
 
 class HelpView(urwid.WidgetWrap):
-    """The help overlay, generated from the keymap."""
+    """The help overlay, generated from the keymap. The scroll keys move it (the list is
+    longer than a small terminal); any other key closes it."""
+
+    SCROLL_KEYS = ("up", "down", "page up", "page down", "home", "end")
 
     def __init__(self, rows: list[tuple[str, str, str]]) -> None:
         width = max(len(k) for k, _, _ in rows) + 2
-        lines = [urwid.Text(("title", "tokentree keys  (any key closes this)")), urwid.Divider()]
+        lines = [urwid.Text(("title", "tokentree keys  (\u2191\u2193 pgup pgdn scroll, any other key closes)")),
+                 urwid.Divider()]
         for keys, name, text in rows:
             lines.append(urwid.Text([("help_key", keys.ljust(width)), f"{name}: {text}"]))
-        body = urwid.ListBox(urwid.SimpleListWalker(lines))
-        super().__init__(urwid.AttrMap(urwid.LineBox(body, title="help"), "help"))
+        self.lines = lines
+        self.body = urwid.ListBox(urwid.SimpleListWalker(lines))
+        self._size: tuple[int, int] | None = None
+        super().__init__(urwid.AttrMap(urwid.LineBox(self.body, title="help"), "help"))
+
+    def render(self, size, focus: bool = False):
+        self._size = (size[0] - 2, size[1] - 2)  # the list inside the box's borders
+        return super().render(size, focus)
+
+    def scroll(self, key: str) -> None:
+        self.body.keypress(self._size or (78, 20), key)
