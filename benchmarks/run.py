@@ -59,7 +59,7 @@ class Plan:
     resume_reps: int = 5  # resumes per process (the first is the cold one)
     resume_procs: int = 3  # fresh processes per tree
     export_reps: int = 3
-    fill_reps: int = 3  # fills of fill_tokens (explorer appends) and bare-step runs, per length
+    fill_reps: int = 3  # fills of fill_tokens (Explorer.fill) and bare-step runs, per length
     sample_reps: int = 3  # Engine.sample and sequential greedy fills, per length
     isolated: bool = True  # resume/export in fresh processes
     model_dir: str | None = None  # an existing model directory instead of building one
@@ -596,7 +596,7 @@ def evaluate_targets(res: Results, plan: Plan) -> None:
     fill = at_max("fill", "fill of ")
     if fill:
         res.targets.append(Target(f"{fill.name.split(',')[0]} @ {L} vs {fill.baseline}", "<= 1.15x",
-                                  f"{fill.ratio:.2f}x (explorer appends)", fill.ratio <= 1.15,
+                                  f"{fill.ratio:.2f}x (Explorer.fill)", fill.ratio <= 1.15,
                                   _margin(fill.ratio, 1.15)))
     sample = at_max("sample", "Engine.sample ")
     if sample:
