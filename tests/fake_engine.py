@@ -162,7 +162,7 @@ class FakeEngine:
 
 
 def new_session(store, engine, prompts: dict[str, str]) -> int:
-    """A session like launch.py makes one: one branch per prompt, the last one focused."""
+    """A session with one branch per prompt, the last one focused (launch then focuses the first)."""
     loaded = engine.loaded
     sid = store.start_session(model_name=loaded.name, fingerprint=loaded.fingerprint,
                               vocab_key=loaded.vocab_key, prompt_sources=list(prompts))

@@ -246,7 +246,10 @@ DB_IDS = ["not-a-db", "truncated", "truncated-header", "newer-schema", "foreign-
 
 @pytest.mark.parametrize("make, needles", DB_CASES, ids=DB_IDS)
 @pytest.mark.parametrize("command", ["sessions", "export", "db check", "db rebuild", "app"])
-def test_bad_database(capsys, tmp_path, good_prompt, make, needles, command):
+def test_bad_database(capsys, tmp_path, good_prompt, make, needles, command, monkeypatch):
+    import tokentree.launch
+
+    monkeypatch.setattr(tokentree.launch, "require_terminal", lambda: None)  # as in a terminal
     db = tmp_path / "data" / "tokentree.db"
     db.parent.mkdir()
     make(db)
@@ -314,6 +317,7 @@ def _fake_launch(monkeypatch):
 
     engine = FakeEngine(FakeLoaded(context_length=None))  # long prompts allowed
     monkeypatch.setattr(tokentree.launch, "_load_engine", lambda *a, **k: engine)
+    monkeypatch.setattr(tokentree.launch, "require_terminal", lambda: None)
     monkeypatch.setattr(tokentree.tui.app, "run_tui", lambda *a, **k: 0)
 
 
@@ -349,6 +353,42 @@ def test_full_disk_leaves_no_half_made_session(capsys, tmp_path, existing, monke
     run_bad(capsys, ["--input", long_prompt], "disk is full")
     assert _events(existing) == old
     assert files_digest(existing.parent) == before
+
+
+NO_TERMINAL = ("tokentree: the explorer needs a terminal (stdin and stdout must be a tty); "
+               "use `tokentree export` for scripts")
+
+
+def test_no_terminal_is_refused_before_anything_is_written(capsys, good_prompt, existing, monkeypatch):
+    """Under pytest stdin and stdout are not terminals: a new session and a resume are both
+    refused in one line, before the model loads and before the database is written."""
+    import tokentree.launch
+
+    def no_model(*a, **k):
+        raise AssertionError("the model must not load")
+
+    monkeypatch.setattr(tokentree.launch, "_load_engine", no_model)
+    before = files_digest(existing.parent)
+    assert run_bad(capsys, ["--model", "m", "-i", good_prompt]) == NO_TERMINAL
+    assert run_bad(capsys, ["--resume", "last"]) == NO_TERMINAL
+    assert files_digest(existing.parent) == before
+
+
+@pytest.mark.parametrize("stdin", ["pipe", "devnull"])
+def test_no_terminal_through_the_real_command(tmp_path, good_prompt, stdin):
+    """`echo | tokentree -i p.txt` and `tokentree -i p.txt < /dev/null`: one line, exit 2,
+    no database (no half-made session), no traceback."""
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("tokentree")
+    home = tmp_path / "home"
+    env = dict(os.environ, TOKENTREE_HOME=str(home))
+    kwargs = {"input": "\n"} if stdin == "pipe" else {"stdin": subprocess.DEVNULL}
+    result = subprocess.run([str(exe), "--model", "m", "-i", str(good_prompt)], capture_output=True, text=True,
+                            env=env, timeout=60, **kwargs)
+    assert result.returncode == 2 and result.stderr == NO_TERMINAL + "\n", result.stderr
+    assert not (home / "tokentree.db").exists()
 
 
 def test_resume_a_session_without_branches(capsys, existing, monkeypatch):

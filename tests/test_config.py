@@ -115,3 +115,26 @@ def test_lookup_order(tmp_path, monkeypatch, tokentree_home):
     assert load_config(explicit).display.tokens_to_show == 9  # --config wins over all
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize(
+    "table, needle",
+    [
+        ('[keys]\nbogus = "x"\n', "[keys] unknown command 'bogus'"),
+        ('[keys]\nappend = "ctrl+nope"\n', "[keys] append: unknown key name 'ctrl+nope'"),
+        ('[keys]\nappend = "x"\npop = "x"\n', "[keys] key 'x' is bound to both append and pop"),
+    ],
+)
+def test_keys_errors_name_the_file_as_display_errors_do(tmp_path, capsys, table, needle):
+    """[keys] is checked against the command registry (tui/keymap.py) after the file is
+    parsed; its error still starts with the file, like a [display] error."""
+    from tokentree.cli import main
+
+    cfg = tmp_path / "my config.toml"
+    cfg.write_text(table)
+    assert main(["--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tokentree: {cfg}: {needle}") and err.count("\n") == 1, err
+    cfg.write_text("[display]\ntokens_to_show = 0\n")
+    assert main(["--config", str(cfg)]) == 2
+    assert capsys.readouterr().err.startswith(f"tokentree: {cfg}: display.tokens_to_show")

@@ -281,11 +281,16 @@ def test_layer_views_say_when_the_model_has_no_faithful_lens(store, engine):
 
 def test_save_branch_never_overwrites(store, engine):
     ex = explorer_for(store, engine, {"cat": " the cat sat"})
-    first, second = ex.save_branch(), ex.save_branch()
-    assert first.parent == second.parent == saved_prompts_dir()
-    assert first.name == "the-cat-sat.txt" and second.name == "the-cat-sat-2.txt"
+    first = ex.save_branch()
+    assert first.parent == saved_prompts_dir() and first.name == "the-cat-sat.txt"
     assert first.read_text(encoding="utf-8") == " the cat sat"
-    assert types(store, ex.session_id)[-2:] == ["prompt.saved", "prompt.saved"]
+    again = ex.save_branch()  # the same text: no second file, and it says so
+    assert again == first and ex.message == f"already saved as {first}"
+    assert types(store, ex.session_id).count("prompt.saved") == 1
+    first.write_text("edited by hand", encoding="utf-8")  # taken by other text: a new name
+    second = ex.save_branch()
+    assert second.name == "the-cat-sat-2.txt" and first.read_text(encoding="utf-8") == "edited by hand"
+    assert types(store, ex.session_id)[-1] == "prompt.saved"
 
 
 @pytest.mark.parametrize("text,stem", [("../../etc/passwd", "etc-passwd"), ("", "branch"),
@@ -486,3 +491,25 @@ def test_a_command_from_a_stale_screen_is_refused(store, engine):
         other.snapshot()
         other.pop()
         assert store.events(ex.session_id)[-1].type == "token.popped"
+
+
+def test_a_run_of_the_same_key_undoes_as_one_step(store, engine):
+    """Held left (or right) is one change for `u`; another key in between starts a new one."""
+    ex = explorer_for(store, engine, {"cat": " the cat sat on the mat"})
+    full = [t.token_id for t in ex.snapshot().prompt]
+    for _ in range(4):
+        ex.pop()
+    assert len(ex.snapshot().prompt) == len(full) - 4
+    ex.undo()  # all four pops
+    assert [t.token_id for t in ex.snapshot().prompt] == full
+    ex.append()
+    ex.run_jobs_inline()
+    ex.append()
+    ex.run_jobs_inline()
+    ex.cursor(1)  # another key: the next append is a new step
+    ex.append()
+    ex.run_jobs_inline()
+    ex.undo()
+    assert len(ex.snapshot().prompt) == len(full) + 2
+    ex.undo()
+    assert [t.token_id for t in ex.snapshot().prompt] == full

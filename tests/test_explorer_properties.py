@@ -111,9 +111,11 @@ def test_random_commands_keep_every_invariant(tokentree_home, commands, eager):
         loaded = engine.loaded
         sid = store.start_session(model_name=loaded.name, fingerprint=loaded.fingerprint,
                                   vocab_key=loaded.vocab_key, prompt_sources=list(PROMPTS))
-        undo_stack: list[tuple] = []  # the state before each undoable change, newest last
+        # (the state before each undoable change, its undo group), newest last: one undo takes
+        # back the newest change and every change before it in the same group (a key's run).
+        undo_stack: list[tuple] = []
         for name, text in PROMPTS.items():  # as launch does; creating a branch is undoable too
-            undo_stack.append(observe(store, sid))
+            undo_stack.append((observe(store, sid), None))
             store.create_branch(sid, engine.encode(text), source=name, name=name)
         ex = Explorer(store, sid, config=CONFIG, model_name=loaded.name)
         ex.attach_engine(engine)
@@ -132,7 +134,9 @@ def test_random_commands_keep_every_invariant(tokentree_home, commands, eager):
                 ex.run_jobs_inline()
                 ex.append()
                 assert ex._focused_branch().node_id == node, "pop then append must put the token back"
-                undo_stack += [before, middle]  # two changes
+                groups = [e.payload.get("group") for e in store.events(sid)[n_events:]]
+                assert len(groups) == 2 and groups[0] != groups[1]  # a pop run, then an append run
+                undo_stack += [(before, groups[0]), (middle, groups[1])]
                 check_invariants(ex, store, sid)
                 continue
             try:
@@ -144,17 +148,20 @@ def test_random_commands_keep_every_invariant(tokentree_home, commands, eager):
                 # Appends pressed while the model was busy are queued; the results append
                 # them now, one event per earlier key press.
                 assert len(new) <= queued and all(e.type == ev.TOKEN_APPENDED for e in new)
-                undo_stack += [before] + [None] * (len(new) - 1)  # states in between: not seen
+                states = [before] + [None] * (len(new) - 1)  # states in between: not seen
+                undo_stack += [(state, e.payload.get("group")) for state, e in zip(states, new)]
                 check_invariants(ex, store, sid)
                 continue
             assert len(new) <= 1, f"{command} appended {len(new)} events"
             if new and new[0].type == ev.UNDO:
                 assert undo_stack, "undo undid something the test never did"
-                expected = undo_stack.pop()
+                expected, group = undo_stack.pop()
+                while group is not None and undo_stack and undo_stack[-1][1] == group:
+                    expected, _ = undo_stack.pop()  # the rest of the run goes with it
                 if expected is not None:
                     assert observe(store, sid) == expected, "undo is not the exact inverse"
             elif new and new[0].type in ev.UNDOABLE:
-                undo_stack.append(before)
+                undo_stack.append((before, new[0].payload.get("group")))
             elif command == "undo":  # refused: nothing left, or only the session's first branch
                 assert observe(store, sid) == before
                 assert not undo_stack or (len(undo_stack) == 1 and len(before) == 1)

@@ -374,21 +374,69 @@ def test_dot_of_store_session(built):
 # --------------------------------------------------------------------------- markdown
 
 
-def test_markdown_has_one_section_per_branch():
+def test_markdown_has_the_prompt_once_then_one_section_per_branch():
     out = render_markdown(hand_tree())
     sections = re.findall(r"^## (.*)$", out, re.M)
-    assert sections == ["main (focused)", "mid", "copy", "alt"]
-    assert out.count("| # | token | id | p | rank | entropy |") == 4
-    rows = re.findall(r"^\| \d+ \|", out, re.M)
-    assert len(rows) == sum(len(p) for _, p in BRANCHES)
+    assert sections == ["Prompt 1", "main (focused)", "mid", "copy", "alt"]
+    # Every node on a branch has exactly one row: the shared prefix is not repeated.
+    rows = re.findall(r"^\| (\d+) \| .* \| (\d+) \| [^|]* \| [^|]* \| [^|]* \|$", out, re.M)
+    on_branches = {path[:k] for _, path in BRANCHES for k in range(1, len(path) + 1)}
+    assert len(rows) == len(on_branches) == 9
     assert "| 1 | `The` | 1 | n/a | n/a | n/a |" in out
     assert "| 5 | `⏎` | 5 | 0.200 | 2 | 2.000 |" in out
-    assert "```text\nThe cat rané\n```" in out
+    assert "```text\nThe cat\n```" in out
+    assert "```text\n ran\u00e9\n```" in out  # alt after its prompt: é whole across two tokens
+    assert "The root prompt of main, mid, copy, alt: 2 tokens, total logp=-0.69." in out
+    main_part = out.split("## main (focused)")[1].split("## mid")[0]
+    assert "Branch 1: prompt 1 (2 tokens), then 3 tokens; total logp=-2.92." in main_part
+    assert "Tokens 1\u20132 are in the table of prompt 1 above." in main_part
+    mid = out.split("## mid")[1].split("## copy")[0]
+    assert "All 3 tokens are in the table of \u201cmain\u201d above." in mid and "| # |" not in mid
+    copy = out.split("## copy")[1].split("## alt")[0]
+    assert "Tokens 1\u20134 are in the table of \u201cmain\u201d above." in copy
+    assert re.findall(r"^\| \d+ \|", copy, re.M) == ["| 5 |"]
+
+
+def _fan_tree(prompt_len: int, branches: int, tail: int) -> ExportTree:
+    """One prompt of `prompt_len` tokens and `branches` branches that each leave it with
+    `tail` tokens of their own (as `g` makes them)."""
+    nodes = [ExportNode(i, i - 1 if i > 1 else None, 100 + i % 7, i, b"ab"[i % 2:][:1] + b"\n" * (i % 5 == 0),
+                        None if i == 1 else 0.5, None if i == 1 else 1, None if i == 1 else 1.0, None)
+             for i in range(1, prompt_len + 1)]
+    out_branches = []
+    next_id = prompt_len + 1
+    for b in range(branches):
+        ids = list(range(1, prompt_len + 1))
+        parent = prompt_len
+        for t in range(tail):
+            nodes.append(ExportNode(next_id, parent, 200 + b, prompt_len + t + 1, b" x", 0.25, 2, 1.0, None))
+            ids.append(next_id)
+            parent, next_id = next_id, next_id + 1
+        out_branches.append(ExportBranch(b + 1, f"sample {b + 1}", b, b == 0, ids[-1], prompt_len, tuple(ids),
+                                         tuple(nodes[i - 1].token_id for i in ids)))
+    session = {"id": 1, "created_at": None, "last_used_at": None, "model_name": "m", "prompt_sources": []}
+    return ExportTree(session, {"name": "m", "fingerprint": "f", "vocab_key": "v"}, tuple(out_branches),
+                      tuple(nodes), {})
+
+
+def test_markdown_grows_with_the_nodes_not_with_branches_times_prompt():
+    """23 branches over a shared 67-token prompt was 2,121 lines: each branch repeated the
+    prompt's table. Now the prompt's rows and text are written once."""
+    def lines(prompt_len, branches, tail=3):
+        return render_markdown(_fan_tree(prompt_len, branches, tail)).count("\n")
+
+    base = lines(67, 23)
+    assert base < 67 + 23 * (3 + 20) + 40, base  # rows per node + a few lines per section
+    assert lines(134, 23) - base < 67 + 67 // 5 + 5  # 67 more prompt tokens: ~67 more lines, not 23 x 67
+    per_branch = lines(67, 24) - base
+    assert per_branch < 3 + 20  # a new branch adds its own rows and a short header
+    assert lines(67, 23, tail=6) - base == 23 * 3  # 3 more tokens per branch: exactly their rows
 
 
 def test_markdown_of_store_session(built):
     store, sid = built
-    assert export_session(store, sid, "markdown").count("\n## ") == 4
+    out = export_session(store, sid, "markdown")
+    assert out.count("\n## ") == 5 and "\n## Prompt 1\n" in out
 
 
 def test_unknown_format_is_a_clear_error(built):
@@ -427,7 +475,8 @@ def test_unknown_bytes_and_control_codes_show_as_on_screen_in_every_format():
     assert '"\u27e82\u27e9\\x9b\\xc3"' in render_text(tree, ascii=True)
     assert "\u27e82\u27e9\\\\x9b\\\\xc3" in render_dot(tree)
     md = render_markdown(tree)
-    assert "```text\na\\x1b\u27e82\u27e9\\x9b\\xc3\n```" in md and "| 2 | `\u27e82\u27e9` | 2 |" in md
+    assert "```text\na\\x1b\n```" in md  # the prompt (node 1)
+    assert "```text\n\u27e82\u27e9\\x9b\\xc3\n```" in md and "| 2 | `\u27e82\u27e9` | 2 |" in md
     doc = json.loads(render_json(tree))
     assert doc["branches"][0]["text"] == "a\x1b\u27e82\u27e9\u009b\\xc3"  # JSON escapes controls itself
     assert [n["text"] for n in doc["nodes"]] == ["a\x1b", "\u27e82\u27e9", "\u009b\\xc3"]
@@ -435,3 +484,21 @@ def test_unknown_bytes_and_control_codes_show_as_on_screen_in_every_format():
     for out in (text, render_dot(tree), md):
         assert "\x1b" not in out and "\u009b" not in out
     assert "\ufffd" not in text + md + render_json(tree)
+
+
+def test_markdown_escapes_bytes_as_the_screen_does():
+    """A stray continuation byte (\\x8e) and a C1 control show as \\xNN, exactly as the prompt
+    pane (tree.text.join_pieces) shows them, never U+FFFD."""
+    from tokentree.tree.text import join_pieces
+
+    pieces = {1: b"caf", 2: b"\x8e", 3: b"\xc2\x9b!", 4: b"\xe2\x80"}
+    nodes = tuple(ExportNode(i, i - 1 or None, i, i, pieces[i], None if i == 1 else 0.5, None, None, None)
+                  for i in range(1, 5))
+    branch = ExportBranch(1, "b", 0, True, 4, 1, (1, 2, 3, 4), (1, 2, 3, 4))
+    tree = ExportTree({"id": 1, "created_at": None, "last_used_at": None, "model_name": "m", "prompt_sources": []},
+                      {"name": "m", "fingerprint": "f", "vocab_key": "v"}, (branch,), nodes, pieces)
+    md = render_markdown(tree)
+    screen = join_pieces([2, 3, 4], pieces)
+    assert screen == "\\x8e\\x9b!\\xe2\\x80"
+    assert f"```text\n{screen}\n```" in md
+    assert "| 2 | `\\x8e` | 2 |" in md and "\ufffd" not in md

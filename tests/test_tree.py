@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections import namedtuple
 
-from tokentree.tree.outline import Outline
+from tokentree.tree.outline import HEAD_CHARS, TAIL_CHARS, Outline, keep_ends
 from tokentree.tree.segments import Chains, Style, walk
 from tokentree.tree.text import join_pieces
 
@@ -51,3 +51,17 @@ def test_walk_draws_guides_and_cuts_without_recursion():
     assert len(segs) == 2 + 2 * (n // 100 - 1)
     indent = {sid: guides for guides, sid, *_ in segs}
     assert indent[n + 100] == "  ` " and indent[n + n - 100] == "  " + "| " * (n // 100 - 2) + "` "
+
+
+def test_a_long_segment_keeps_its_start_and_its_end_that_leads_to_the_fork():
+    text = "a" * 10 + "b" * 1000 + "THE END"
+    short = keep_ends(text)
+    assert short.startswith("a" * 10) and short.endswith("b" * (TAIL_CHARS - 7) + "THE END")
+    assert len(short) == HEAD_CHARS + 1 + TAIL_CHARS and "\u2026" in short
+    assert keep_ends("short") == "short"
+    # In the outline: a 400-token root segment ends with the tokens just before the fork.
+    nodes = [Node(i, i - 1 or None, i) for i in range(1, 401)] + [Node(401, 400, 1), Node(402, 400, 2)]
+    pieces = {i: (b" end" if i == 400 else b" t") for i in range(1, 401)}
+    got = Outline().lines(nodes, {401: ["x*"]}, 401, lambda ids: join_pieces(ids, pieces))
+    root = got[0].text
+    assert root.endswith(" t t end") and root.startswith(" t t") and "\u2026" in root

@@ -169,3 +169,67 @@ def test_fill_sample_fork_rename_search_then_resume_and_export(tmp_path, tiny_mo
     assert "wanders" in out and "story" in out
     for name in samples:
         assert name in out, (name, out)
+
+
+def test_crlf_prompt_file_reads_as_its_lf_version(tmp_path, tiny_model):
+    """A prompt file saved with Windows line ends (CRLF, and a lone CR): no \\x0d on the
+    screen, and its root tokens are those of the LF file (one root node for both). The first
+    -i file is the focused branch."""
+    import json
+
+    crlf = tmp_path / "crlf.txt"
+    crlf.write_bytes(b"Once upon a time\r\nthere was a village\rby the sea\r\n")
+    lf = tmp_path / "lf.txt"
+    lf.write_bytes(b"Once upon a time\nthere was a village\nby the sea\n")
+    term = Terminal(["--model", str(tiny_model), "-i", str(crlf), "-i", str(lf)], tmp_path)
+    screen = term.wait_for("Once upon a time", "there was a village", " idle ", "crlf")
+    assert "\\x0d" not in screen and "\\r" not in screen and "\r" not in screen
+    assert "by the sea" in screen
+    term.keys(CTRL_Q)
+    assert term.finish() == 0
+
+    exe = Path(sys.executable).with_name("tokentree")
+    out = subprocess.run([str(exe), "export", "last", "--format", "json"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    branches = json.loads(out)["branches"]
+    assert [b["name"] for b in branches] == ["crlf", "lf"]
+    assert branches[0]["focused"] and not branches[1]["focused"]
+    assert branches[0]["token_ids"] == branches[1]["token_ids"]
+    assert branches[0]["text"] == "Once upon a time\nthere was a village\nby the sea"
+
+
+def test_wide_characters_keep_the_right_border_at_80x24(tmp_path, tiny_model, monkeypatch):
+    """Emoji (with a skin tone, a ZWJ family, a variation selector), CJK and a combining
+    accent in the prompt: in a terminal that measures code points (pyte, as tmux does for
+    these), every row of the 80x24 screen keeps its right border in the last column, and no
+    border cell is left behind, after an append and after a pop."""
+    monkeypatch.setattr(sys.modules[__name__], "ROWS", 24)
+    monkeypatch.setattr(sys.modules[__name__], "COLS", 80)
+    prompt = tmp_path / "wide.txt"
+    prompt.write_text("Emoji \U0001F600 and \U0001F44D\U0001F3FD, family \U0001F468\u200d\U0001F469\u200d\U0001F467, "
+                      "\u65e5\u672c\u8a9e\u306e\u6587\u7ae0, cafe\u0301 \u2764\ufe0f", encoding="utf-8")
+    term = Terminal(["--model", str(tiny_model), "--input", str(prompt)], tmp_path)
+    term.wait_for("\u65e5\u672c\u8a9e", " idle ", "next token")
+
+    def check(when: str) -> None:
+        buffer = term.screen.buffer
+        rows = [[buffer[y][x].data for x in range(COLS)] for y in range(ROWS)]
+        body = rows[: ROWS - 2]  # above the message and status lines
+        for y, cells in enumerate(body):
+            assert cells[COLS - 1] in ("\u2510", "\u2502", "\u2518"), (when, y, "".join(cells), term.text)
+        # The prompt pane's rows have their two borders and no third one left behind.
+        for y in range(1, ROWS):
+            if rows[y][0] != "\u2502":
+                break
+            assert [x for x, c in enumerate(rows[y]) if c == "\u2502"] == [0, COLS - 1], (when, y, term.text)
+        assert "?: help  ctrl+q: quit" in "".join(rows[-1]), (when, term.text)
+
+    check("start")
+    term.keys(RIGHT, settle="+1 ")
+    term.wait_for(" idle ")
+    check("after an append")
+    term.keys(LEFT, settle="+0 ")
+    term.read(0.5)
+    check("after a pop")
+    term.keys(CTRL_Q)
+    assert term.finish() == 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 ARCHES = ("qwen2", "gpt2", "llama", "gemma2")
@@ -146,9 +147,24 @@ def build_tiny_model(directory: str | Path, arch: str = "qwen2", seed: int = 0, 
             head[real:] = torch.randn(pad_vocab, head.shape[1]) * 4.0
     model.eval()
     directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+    with _no_progress_bars():  # no "Writing model shards" bar for a model written in a blink
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
     return directory
+
+
+@contextmanager
+def _no_progress_bars():
+    """transformers' (and huggingface_hub's) progress bars off, as they were afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -61,10 +62,13 @@ def build_sub_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", "-f", choices=tuple(FORMATS), default="text")
     export.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     export.add_argument("--ascii", action="store_true", help="ASCII tree lines instead of box drawing")
+    export.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     _add_common(export)
 
     db = sub.add_parser("db", help="database maintenance")
-    db_sub = db.add_subparsers(dest="db_command", required=True)
+    # Not `required`: `tokentree db` alone lists the sub-commands (run_subcommand), where
+    # argparse would only say "required: db_command".
+    db_sub = db.add_subparsers(dest="db_command", metavar="{path,check,rebuild,backup}")
     for name, help_text in (
         ("path", "print the database path"),
         ("check", "check integrity and that projections equal a replay of the events"),
@@ -105,15 +109,39 @@ def log_exception() -> Path | str:
     return path
 
 
+DB_COMMANDS = "path, check, rebuild, backup FILE"
+
+
 def run_app(args: argparse.Namespace) -> int:
     from tokentree.launch import launch
 
-    return launch(args)
+    with _session_hint(args):
+        return launch(args)
+
+
+@contextmanager
+def _session_hint(args: argparse.Namespace):
+    """An unknown session id also says where the ids are listed."""
+    import shlex
+
+    from tokentree.errors import SessionNotFound
+
+    try:
+        yield
+    except SessionNotFound as exc:
+        message = str(exc)
+        if not message.startswith("no session "):
+            raise
+        listing = "tokentree sessions" + (f" --db {shlex.quote(str(args.db))}" if args.db else "")
+        raise SessionNotFound(f"{message}; `{listing}` lists them") from None
 
 
 def run_subcommand(args: argparse.Namespace) -> int:
     from tokentree.paths import db_path
 
+    if args.command == "db" and args.db_command is None:
+        raise TokentreeError(f"`tokentree db` needs a sub-command: {DB_COMMANDS} "
+                             "(`tokentree db --help` says what each does)")
     if args.command == "db" and args.db_command == "path":
         print(db_path(args.db))
         return 0
@@ -127,7 +155,8 @@ def run_subcommand(args: argparse.Namespace) -> int:
             print(format_sessions(store.list_sessions(), as_json=args.json))
             return 0
         if args.command == "export":
-            return run_export(store, args)
+            with _session_hint(args):
+                return run_export(store, args)
         return run_db(store, args)
     finally:
         store.close()
@@ -137,16 +166,29 @@ def run_export(store, args: argparse.Namespace) -> int:
     from tokentree.export import export_session
     from tokentree.sessions import resolve_session
 
+    out = Path(args.output).expanduser() if args.output else None
+    if out is not None and not args.force and _existing_file(out):  # before the work, and again below
+        raise TokentreeError(f"{out} already exists; use --force to overwrite it")
     text = export_session(store, resolve_session(store, args.session), args.format, ascii=args.ascii)
-    if args.output:
-        out = Path(args.output).expanduser()
+    if out is not None:
+        # "x" (O_EXCL) unless --force: never overwrite a file that appeared meanwhile. A device
+        # or pipe (/dev/stdout, a FIFO) is not a file to protect: written as is.
+        mode = "w" if args.force or (out.exists() and not _existing_file(out)) else "x"
         try:
-            out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+            with open(out, mode, encoding="utf-8") as f:
+                f.write(text if text.endswith("\n") else text + "\n")
+        except FileExistsError:
+            raise TokentreeError(f"{out} already exists; use --force to overwrite it") from None
         except OSError as exc:
             raise TokentreeError(f"cannot write {out}: {exc.strerror}") from None
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
+
+
+def _existing_file(path: Path) -> bool:
+    """A regular file (or a link, even a dangling one, to where one would be written)."""
+    return path.is_symlink() and not path.exists() or path.is_file()
 
 
 def run_db(store, args: argparse.Namespace) -> int:

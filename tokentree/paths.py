@@ -47,6 +47,17 @@ def saved_prompts_dir() -> Path:
 
 
 def safe_stem(text: str, limit: int = 40) -> str:
-    """A file name stem from text: ASCII letters, digits and '-', never empty, never a path."""
-    stem = re.sub(r"[^a-z0-9]+", "-", text[: limit * 3].lower()).strip("-")[:limit].strip("-")
-    return stem or "branch"
+    """A file name stem from text: lowercase ASCII words joined by '-', at most `limit`
+    characters, cut between words (only a first word longer than `limit` is cut inside),
+    never empty (`branch`), never a path."""
+    words: list[str] = []
+    length = -1  # the joined length so far (no '-' before the first word)
+    for m in re.finditer(r"[a-z0-9]+", text.lower()):
+        word = m.group()
+        if length + 1 + len(word) > limit:
+            if not words:
+                words.append(word[:limit])
+            break
+        words.append(word)
+        length += 1 + len(word)
+    return "-".join(words) or "branch"

@@ -84,6 +84,7 @@ class Explorer:
         self._requested: SampleJob | None = None  # model work a key asked for (g)
         self._fill: _Fill | None = None
         self._search: _Search | None = None
+        self._run: tuple[str, int] | None = None  # the kind and group of the last repeating command
         self.sampler_on = False  # the table's sampler column
         if engine is not None:
             self.attach_engine(engine)
@@ -152,6 +153,7 @@ class Explorer:
 
     # ------------------------------------------------------------------ commands
     def cursor(self, step: int) -> None:
+        self._run = None  # another key: the next append or pop starts a new undo step
         rows = self._screen.candidate_rows(self._focused_node())
         if not rows:
             return
@@ -177,7 +179,7 @@ class Explorer:
             self.message = f"the model's context is full ({limit} tokens)"
             return
         token = rows[selected_index(rows, self._selected_token)].token_id
-        new_id = self._command(self.store.append_token, branch.id, token)
+        new_id = self._command(self.store.append_token, branch.id, token, run="append")
         trail = self._trail.get(branch.id)
         if trail is not None and not view.on_path(new_id, node.depth + 1, trail):
             del self._trail[branch.id]  # left the remembered path
@@ -193,7 +195,7 @@ class Explorer:
             if node.depth <= 1:
                 self.message = "nothing to pop: the branch is one token long"
                 return
-        self._command(self.store.pop_token, branch.id)
+        self._command(self.store.pop_token, branch.id, run="pop")
         trail = self._trail.get(branch.id)
         if trail is None or not view.on_path(node.id, node.depth, trail):
             self._trail[branch.id] = node.id
@@ -267,6 +269,7 @@ class Explorer:
 
     def undo(self) -> None:
         undone = self.store.undo(self.session_id, expected_version=self._version)
+        self._run = None
         if undone:
             self._version += 1
         self._moved()
@@ -505,18 +508,26 @@ class Explorer:
             return None
         text = b"".join(pieces[i] for i in ids).decode("utf-8", errors="replace")
         try:
-            path = save_prompt(text)
+            path, created = save_prompt(text)
         except OSError as exc:
             self.message = f"cannot save the prompt: {exc.strerror or exc}"
             return None
+        if not created:
+            self.message = f"already saved as {path}"
+            return path
         self._command(self.store.record_prompt_saved, branch.id, str(path))
         self.message = f"saved to {path}"
         return path
 
-    def _command(self, command, *args, **kwargs):
-        """Run a store command at the version the user last saw; each appends one event."""
+    def _command(self, command, *args, run: str | None = None, **kwargs):
+        """Run a store command at the version the user last saw; each appends one event.
+        `run`: the kind of a key that repeats (pop, append): a run of the same kind, with no
+        other command in between, is one group, so one `u` takes the whole run back."""
+        if run is not None:
+            kwargs["group"] = self._run[1] if self._run and self._run[0] == run else self._version + 1
         result = command(self.session_id, *args, expected_version=self._version, **kwargs)
         self._version += 1
+        self._run = (run, kwargs["group"]) if run is not None else None
         return result
 
     def _moved(self, *, keep_fill: bool = False, keep_search: bool = False) -> None:

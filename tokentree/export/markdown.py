@@ -1,13 +1,23 @@
-"""The Markdown export: one `##` section per branch, its text and a per-token table."""
+"""The Markdown export: each root prompt once, then one `##` section per branch.
+
+A prompt section has the prompt's text and one table row per prompt token. A branch section
+has the branch's text after its prompt and table rows only from where the branch leaves what
+the sections above already show (a line says where those rows are): a prefix shared by many
+branches is written once, so the document grows with the explored nodes, not with branches
+times prompt length.
+"""
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 
-from tokentree.export.loader import ExportTree, gc_paused
+from tokentree.export.loader import ExportBranch, ExportNode, ExportTree, gc_paused
 from tokentree.export.numbers import fmt_prob, logp_text, plural
-from tokentree.tree.text import decode, placeholder, show_controls, shown_bytes, visible
+from tokentree.tree.text import SegmentDecoder, placeholder, show_controls, shown_bytes, visible
+
+TABLE_HEAD = ["| # | token | id | p | rank | entropy |", "|--:|:--|--:|--:|--:|--:|"]
 
 
 def _md_code(text: str) -> str:
@@ -28,10 +38,51 @@ def _md_inline(text: str) -> str:
     return re.sub(r"([\\`*_\[\]#<>|])", r"\\\1", text)
 
 
+def _logp(path: Sequence[ExportNode]) -> str:
+    known = [n.prob for n in path if n.prob is not None]
+    return logp_text(sum(math.log(p) if p > 0 else -math.inf for p in known), len(known),
+                     sum(1 for n in path if n.prob is None and n.parent is not None))
+
+
+def _code_block(text: str) -> list[str]:
+    fence = _md_fence(text)
+    return [f"{fence}text", text, fence]
+
+
+def _row(position: int, n: ExportNode) -> str:
+    token = visible(n.piece) if n.piece is not None else placeholder(n.token_id)
+    rank = "n/a" if n.rank is None else str(n.rank)
+    entropy = "n/a" if n.entropy is None else f"{n.entropy:.3f}"
+    return f"| {position} | {_md_code(token)} | {n.token_id} | {fmt_prob(n.prob)} | {rank} | {entropy} |"
+
+
+def _table(path: Sequence[ExportNode], shown: dict[int, str], here: str) -> list[str]:
+    """The rows of `path` from its first node not shown above (`shown`: node id -> the
+    section whose table has it), with a line saying where the earlier rows are."""
+    start = 0
+    while start < len(path) and path[start].id in shown:
+        start += 1
+    out = [""]
+    if start:
+        where = shown[path[start - 1].id]
+        span = "Token 1 is" if start == 1 else f"Tokens 1\u2013{start} are"
+        if start == len(path):
+            span = "The token is" if start == 1 else f"All {start} tokens are"
+        out.append(f"{span} in the table of {where} above.")
+        if start == len(path):
+            return out
+        out.append("")
+    out += TABLE_HEAD
+    for j in range(start, len(path)):
+        shown[path[j].id] = here
+        out.append(_row(j + 1, path[j]))
+    return out
+
+
 @gc_paused()
 def render_markdown(tree: ExportTree) -> str:
-    """The branch text in a code block as the prompt pane shows it, then one table row per
-    token as the candidate table shows it."""
+    """Text in code blocks as the prompt pane shows it (the same escapes as the screen),
+    token rows as the candidate table shows them."""
     s = tree.session
     out = [
         f"# tokentree session {s['id']}",
@@ -41,30 +92,43 @@ def render_markdown(tree: ExportTree) -> str:
         f"- {plural(len(tree.branches), 'branch', 'branches')}, {plural(len(tree.nodes), 'node', 'nodes')}",
     ]
     by_id = {n.id: n for n in tree.nodes}
+    paths: dict[int, list[ExportNode]] = {}
+    cuts: dict[int, int] = {}  # branch id -> the length of its root prompt in its path
+    roots: dict[int, list[ExportBranch]] = {}  # root node id -> its branches, in first-use order
     for b in tree.branches:
-        path = [by_id[nid] for nid in b.node_ids if nid in by_id]
-        text = show_controls(decode(b"".join(shown_bytes(n.piece, n.token_id) for n in path)))
-        fence = _md_fence(text)
-        known = [n.prob for n in path if n.prob is not None]
-        logp = logp_text(sum(math.log(p) if p > 0 else -math.inf for p in known), len(known),
-                         sum(1 for n in path if n.prob is None and n.parent is not None))
-        heading = _md_inline(b.name) + (" (focused)" if b.focused else "")
-        out += [
-            "",
-            f"## {heading}",
-            "",
-            f"Branch {b.id}, {plural(len(path), 'token', 'tokens')}, total logp={logp}.",
-            "",
-            f"{fence}text",
-            text,
-            fence,
-            "",
-            "| # | token | id | p | rank | entropy |",
-            "|--:|:--|--:|--:|--:|--:|",
-        ]
-        for j, n in enumerate(path, 1):
-            token = visible(n.piece) if n.piece is not None else placeholder(n.token_id)
-            rank = "n/a" if n.rank is None else str(n.rank)
-            entropy = "n/a" if n.entropy is None else f"{n.entropy:.3f}"
-            out.append(f"| {j} | {_md_code(token)} | {n.token_id} | {fmt_prob(n.prob)} | {rank} | {entropy} |")
+        path = paths[b.id] = [by_id[nid] for nid in b.node_ids if nid in by_id]
+        ids = [n.id for n in path]
+        cuts[b.id] = ids.index(b.root_node_id) + 1 if b.root_node_id in ids else len(path)
+        roots.setdefault(b.root_node_id, []).append(b)
+
+    shown: dict[int, str] = {}
+    carries: dict[int, bytes] = {}  # root node id -> its prompt's unfinished last character
+    prompt_names: dict[int, str] = {}
+    for number, (root_id, branches) in enumerate(roots.items(), 1):
+        first = branches[0]
+        prompt = paths[first.id][: cuts[first.id]]
+        name = prompt_names[root_id] = f"prompt {number}"
+        text, carries[root_id] = SegmentDecoder()(b"".join(shown_bytes(n.piece, n.token_id) for n in prompt),
+                                                  b"", leaf=True)
+        users = ", ".join(_md_inline(b.name) for b in branches)
+        out += ["", f"## Prompt {number}", "",
+                f"The root prompt of {users}: {plural(len(prompt), 'token', 'tokens')}, "
+                f"total logp={_logp(prompt)}.", ""]
+        out += _code_block(show_controls(text))
+        out += _table(prompt, shown, name)
+
+    for b in tree.branches:
+        path, cut = paths[b.id], cuts[b.id]
+        rest = path[cut:]
+        name = _md_inline(b.name)
+        summary = f"Branch {b.id}: {prompt_names[b.root_node_id]} ({plural(cut, 'token', 'tokens')})"
+        summary += f", then {plural(len(rest), 'token', 'tokens')}" if rest else " only"
+        out += ["", f"## {name}" + (" (focused)" if b.focused else ""), "",
+                f"{summary}; total logp={_logp(path)}."]
+        if rest:
+            text, _ = SegmentDecoder()(b"".join(shown_bytes(n.piece, n.token_id) for n in rest),
+                                       carries[b.root_node_id], leaf=True)
+            out += ["", "After the prompt:", ""]
+            out += _code_block(show_controls(text))
+        out += _table(path, shown, f"\u201c{name}\u201d")
     return "\n".join(out) + "\n"

@@ -4,6 +4,11 @@ The pane is redrawn on every key press while it is open, so :class:`Outline` kee
 expensive part (the chains between forks and their text) from one call to the next and
 rebuilds it only when it is given another node list; a call then only cuts the chains
 that hold a branch tip and marks the focused node.
+
+A line's text is the whole segment when it is short. A long one keeps its start (for a
+child segment, the token chosen at the fork above) and a longer end: the end is the text
+that leads into the fork or branch tip on the next line, which is what the overview is for.
+The pane cuts it further to its width, the same way (tokentree/tui/widgets.py, TreePane).
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ from dataclasses import dataclass
 from operator import attrgetter
 
 from tokentree.tree.segments import Chains, Style, walk
-from tokentree.tree.text import one_line, shorten
+from tokentree.tree.text import ELLIPSIS, one_line
 
-SEGMENT_CHARS = 48
+HEAD_CHARS = 24  # characters kept of a long segment's start
+TAIL_CHARS = 240  # and of its end (wider than any pane that shows it)
 STYLE = Style("\u251c\u2500 ", "\u2514\u2500 ", "\u2502  ", "   ")
 
 _PIECE_TEXTS = 4096  # cut-chain texts kept between calls (branch tips move as keys are pressed)
@@ -30,6 +36,13 @@ class TreeLine:
     text: str
     branches: tuple[str, ...]  # names of branches whose current node ends this segment
     current: bool  # the focused branch's node is in this segment
+
+
+def keep_ends(text: str, head: int = HEAD_CHARS, tail: int = TAIL_CHARS) -> str:
+    """A long text as its first `head` and last `tail` characters, '…' between."""
+    if len(text) <= head + tail + 1:
+        return text
+    return text[:head] + ELLIPSIS + text[-tail:]
 
 
 class Outline:
@@ -95,10 +108,7 @@ class Outline:
             store = texts if begin == 0 and end == len(chain) - 1 else piece_texts
             text = store.get(key)
             if text is None:
-                text = store[key] = shorten(
-                    one_line(segment_text([n.token_id for n in chain[begin : end + 1]])),
-                    SEGMENT_CHARS, keep_end=is_root,
-                )
+                text = store[key] = keep_ends(one_line(segment_text([n.token_id for n in chain[begin : end + 1]])))
             names = branch_names.get(chain[end].id) if cut else None
             append(TreeLine(indent=indent, text=text, branches=tuple(names) if names else (),
                             current=sid == cur_chain and begin <= cur_index <= end))

@@ -17,10 +17,10 @@ import urwid
 
 from tokentree.errors import TokentreeError
 from tokentree.logs import setup_logging
-from tokentree.tui.keymap import EXPLORER, GLOBAL, TEXT, Keymap, build_keymap
+from tokentree.tui.keymap import EXPLORER, GLOBAL, TEXT, Keymap, build_keymap, display_key
 from tokentree.tui.palette import build_palette, pick_colors
-from tokentree.tui.widgets import (BranchList, CandidateTable, HelpView, LineField, PromptPane, StatusBar,
-                                   TreePane)
+from tokentree.tui.widgets import (BranchList, CandidateTable, FitColumns, FitPile, HelpOverlay, HelpView,
+                                   LineField, PromptPane, StatusBar, TreePane, prompt_height)
 from tokentree.core.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -60,13 +60,13 @@ class ExplorerApp:
         # A text field (rename, search) while one is open: keys go to it (the TEXT context).
         self.field: LineField | None = None
         self.field_kind: str | None = None
-        self.right = urwid.Pile([self.branches])
-        self.columns = urwid.Columns([("weight", 3, self.table), ("weight", 2, self.right)])
-        self.body = urwid.Pile([("weight", 2, self.prompt), ("weight", 3, self.columns)])
+        # Pane sizes follow their content when drawn (see the _plan_* methods).
+        self.right = FitPile([self.branches], self._plan_right)
+        self.columns = FitColumns([self.table, self.right], self._plan_columns)
+        self.body = FitPile([self.prompt, self.columns], self._plan_body)
         self.frame = urwid.Frame(self.body, footer=self.status)
         self.help = HelpView(keymap.help_rows())
-        self.overlay = urwid.Overlay(self.help, self.frame,
-                                     "center", ("relative", 80), "middle", ("relative", 80))
+        self.overlay = HelpOverlay(self.help, self.frame, "center", ("relative", 80), "middle", ("relative", 80))
         self.root = KeyRouter(self, self.frame)
         for name in keymap.commands:  # a handler the registry misnames fails now, not on its key
             self.handler(name)
@@ -97,20 +97,29 @@ class ExplorerApp:
             return True
         command = self.keymap.command_for(key, EXPLORER)
         if command is None:
-            return False
-        self.run_command(command)
+            # No key is silently dropped: say where the keys are.
+            self.explorer.message = (f"{display_key(key)} does nothing here: press {self.keymap.hint('help')} "
+                                     f"for help, {self.keymap.hint('quit')} to quit")
+            self.refresh()
+            return True
+        self.run_command(command, key)
         return True
 
     def handler(self, command: str) -> Callable[[], object]:
         """The registry's handler for a command, bound to this app or its explorer."""
         return self.keymap.commands[command].handler({"explorer": self.explorer, "app": self})
 
-    def run_command(self, command: str) -> None:
+    def run_command(self, command: str, key: str | None = None) -> None:
         self.explorer.message = None
         try:
-            self.handler(command)()
+            done = self.handler(command)()
         except TokentreeError as exc:  # e.g. a store refusal: say it, keep going
             self.explorer.message = str(exc)
+        else:
+            if done is False and self.explorer.message is None:  # e.g. esc with nothing to cancel
+                shown = display_key(key) if key else command
+                self.explorer.message = (f"{shown}: nothing to {command.replace('_', ' ')} "
+                                         f"(press {self.keymap.hint('help')} for help)")
         self.pump()
         self.refresh()
 
@@ -167,13 +176,39 @@ class ExplorerApp:
     def quit(self) -> None:
         raise urwid.ExitMainLoop()
 
+    def page(self, direction: int) -> None:
+        """Move the table's selection by the rows it shows (page up / page down)."""
+        self.explorer.cursor(direction * max(1, self.table.page_rows))
+
     def toggle_tree(self) -> None:
         self.show_tree = not self.show_tree
         parts = [(self.branches, ("weight", 1))]
         if self.show_tree:
-            parts.append((self.tree, ("weight", 2)))
+            parts.append((self.tree, ("weight", 1)))
         self.right.contents[:] = parts
         self.right.focus_position = 0
+
+    # ---------------------------------------------------------------- layout
+    PROMPT_SHARE = 0.4  # the prompt pane grows with its text up to this share of the rows
+
+    def _plan_body(self, size):
+        """The prompt pane as tall as its text (up to PROMPT_SHARE), the rest to the table."""
+        cols, rows = size
+        return [("given", prompt_height(self.prompt.rows_needed(cols), rows, self.PROMPT_SHARE)), ("weight", 1)]
+
+    def _plan_columns(self, size):
+        """The table as wide as its columns want; the branch list (and tree) the rest, never
+        less than what shows all of its columns (the table keeps 3/5 of a narrower screen)."""
+        cols = size[0]
+        right = max(cols - self.table.want_width(), min(BranchList.MIN_WIDTH, cols * 2 // 5))
+        return [("given", cols - right, False), ("weight", 1, False)]
+
+    def _plan_right(self, size):
+        """With the tree: the branch list as tall as its rows, at most a third; the tree the rest."""
+        if len(self.right.contents) == 1:
+            return [("weight", 1)]
+        rows = size[1]
+        return [("given", min(self.branches.rows_needed(), max(5, rows // 3))), ("weight", 1)]
 
     def toggle_help(self) -> None:
         self.show_help = not self.show_help
