@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tokentree.lm import analysis
+import tokentree.lm.analysis as analysis
 from tokentree.lm.loader import LoadedModel
 from tokentree.lm.tokens import TokenBytes
 from tokentree.outputs import Analysis, Capabilities, NodeOutput
