@@ -151,6 +151,7 @@ def run_session(db: str, seed: int, mode: str, steps: int) -> None:
         explorer.run_jobs_inline()
         command = rng.choices(commands, weights)[0]
         _apply(explorer, store, sid, command)
+        _apply(explorer, store, sid, "snapshot")  # the screen redraws after every key, as the app's does
         reporter.report(sid)
         done += 1
     explorer.run_jobs_inline()

