@@ -129,7 +129,7 @@ def test_two_real_commands_on_one_session(tmp_path, tokentree_home):
         for i, key in enumerate(KEYS * 2):
             child = children[i % 2]
             assert child.isalive(), "a tokentree process exited"
-            time.sleep(FOLLOW_SECONDS + 0.3)  # the window has caught up with the other one
+            time.sleep(FOLLOW_SECONDS + 0.7)  # the window has caught up with the other one
             _drain(child)
             n = len(_read_events(db))
             child.send(key)
