@@ -23,12 +23,12 @@ from typing import Any
 from tokentree.errors import ModelLoadError, StaleCommand, TokentreeError
 from tokentree.prompts import save_prompt
 from tokentree.sampling import describe
-from .snapshot import LAYER_VIEWS, PROMPT_VIEWS, Snapshot
 
 from . import jobs
 from .navigate import is_fork, next_fork, search_matches
 from .planner import BytesJob, Job, OutputsJob, Planner, SampleJob, Wants
 from .screen import EngineInfo, Screen, ScreenState, selected_index
+from .snapshot import LAYER_VIEWS, PROMPT_VIEWS, Snapshot
 from .view import TreeView
 from .worker import Task
 
