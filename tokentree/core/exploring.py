@@ -110,7 +110,8 @@ class ExplorationCommands:
             path = view.path_of(branch.node_id)
         seed = settings.seed if settings.seed >= 0 else random.randrange(2**31)
         self._requested = SampleJob(
-            branch_id=branch.id, node_id=branch.node_id, tokens=tuple(n.token_id for n in path),
+            branch_id=branch.id, node_id=branch.node_id, key=path[-1].prefix_key,
+            tokens=tuple(n.token_id for n in path),
             count=explore.sample_count, steps=explore.fill_tokens, settings=settings, seed=seed,
             stop_ids=self.engine.stop_ids(explore.fill_stop), known_bytes=view.known_byte_ids())
         self.message = f"sampling {explore.sample_count} continuations ({describe(settings)}, seed {seed})"

@@ -72,35 +72,35 @@ def record(job: Job, result, store, view: TreeView) -> list[bytes]:
     """Write `result` to the cache (UI thread). Returns the prefix keys whose outputs are new."""
     fingerprint = view.fingerprint
     if isinstance(job, OutputsJob):
-        items = [(job.keys[k], out) for k, out in result.outputs.items()]
-        store.put_outputs(items, fingerprint)
         if result.analysis is not None:
             store.put_analysis(job.keys[-1], fingerprint, result.analysis)
             view.analysis_stored(job.keys[-1])
-        for key, _ in items:
-            view.output_stored(key)
-        _record_bytes(result.pieces, store, view)
-        return [key for key, _ in items]
+        items = [(job.keys[k], out) for k, out in result.outputs.items()]
+        return _record_outputs(items, result.pieces, store, view)
     if isinstance(job, SampleJob):
         # The outputs of every drawn node; the branches themselves are a command (explorer).
-        base = keys.prefix_keys(job.tokens, view.vocab_key)[-1]
         items = []
         for continuation in result.continuations:
-            key = base
+            key = job.key
             for token, out in continuation:
                 key = keys.prefix_key(key, token, view.vocab_key)
                 items.append((key, out))
-        store.put_outputs(items, fingerprint)
-        for key, _ in items:
-            view.output_stored(key)
-        _record_bytes(result.pieces, store, view)
-        return [key for key, _ in items]
+        return _record_outputs(items, result.pieces, store, view)
     if isinstance(job, AnalysisJob):
         store.put_analysis(job.key, fingerprint, result)
         view.analysis_stored(job.key)
     elif isinstance(job, BytesJob):
         _record_bytes(result, store, view)
     return []
+
+
+def _record_outputs(items, pieces: dict[int, bytes], store, view: TreeView) -> list[bytes]:
+    """Outputs (prefix key, NodeOutput) and the token bytes they show, in the cache."""
+    store.put_outputs(items, view.fingerprint)
+    for key, _ in items:
+        view.output_stored(key)
+    _record_bytes(pieces, store, view)
+    return [key for key, _ in items]
 
 
 def _record_bytes(pieces: dict[int, bytes], store, view: TreeView) -> None:

@@ -86,6 +86,7 @@ class SampleJob:
 
     branch_id: int
     node_id: int  # the prefix's node: the continuations grow from here
+    key: bytes  # its prefix key (the drawn nodes' keys chain from it)
     tokens: tuple[int, ...]
     count: int
     steps: int
