@@ -14,6 +14,8 @@ and its peak memory are those of a `tokentree --resume` / `tokentree export` pro
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 import math
 import os
@@ -216,6 +218,7 @@ class _StubEngine:
 
         self.loaded = SimpleNamespace(name=MODEL_NAME, vocab_key=vocab_key, fingerprint=fingerprint,
                                       device="none", dtype="float32", context_length=None)
+        self.info = self.loaded
         self.capabilities = Capabilities()
         self.forward_passes = 0
 
@@ -235,6 +238,8 @@ def measure_keys(store, session_id: int, config, presses: int) -> dict:
 
     info = store.session(session_id)
     engine = _StubEngine(info.vocab_key, info.fingerprint)
+    # Cached nodes only: no speculative work on the uncached children around them.
+    config = replace(config, explore=replace(config.explore, prefetch=0))
     explorer = Explorer(store, session_id, config=config, model_name=MODEL_NAME, engine=engine)
     explorer.run_jobs_inline()
     explorer.snapshot()

@@ -34,6 +34,7 @@ class FakeLoaded:
 class FakeEngine:
     def __init__(self, loaded: FakeLoaded | None = None, *, top_k: int = 8, gate=None) -> None:
         self.loaded = loaded or FakeLoaded()
+        self.info = self.loaded  # the ModelInfo fields
         self.top_k = top_k
         self.forward_passes = 0
         self.analyze_calls = 0
@@ -44,6 +45,9 @@ class FakeEngine:
     def _wait(self) -> None:
         if self.gate is not None:
             assert self.gate.wait(10), "test gate never opened"
+
+    def close(self) -> None:
+        pass
 
     def encode(self, text: str) -> list[int]:
         ids, rest = [], text.encode()
@@ -163,7 +167,7 @@ class FakeEngine:
 
 def new_session(store, engine, prompts: dict[str, str]) -> int:
     """A session with one branch per prompt, the last one focused (launch then focuses the first)."""
-    loaded = engine.loaded
+    loaded = engine.info
     sid = store.start_session(model_name=loaded.name, fingerprint=loaded.fingerprint,
                               vocab_key=loaded.vocab_key, prompt_sources=list(prompts))
     for name, text in prompts.items():

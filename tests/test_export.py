@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -99,6 +101,7 @@ def hand_tree() -> ExportTree:
                 entropy=parent.entropy if parent else None,
                 norm_entropy=parent.norm_entropy if parent else None,
                 top_ids=parent.top_ids if parent else (), top_probs=parent.top_probs if parent else (),
+                next_dist=out.next,
             )
         )
     branches = tuple(
@@ -115,9 +118,10 @@ def hand_tree() -> ExportTree:
 
 
 EXPECTED_TEXT = """\
-session 1 · test-model · 4 branches · 11 nodes
+session 1, test-model, 4 branches, 11 nodes
 
-The·cat  logp=-0.69
+The cat
+^ prompt 1 (2 tokens)  logp=-0.69
 ├── ·sat  p=0.600  logp=-0.51  [mid]
 │   └── ·on  p=0.900  logp=-0.11
 │       ├── ·down  p=0.700  logp=-0.36  [copy]
@@ -132,7 +136,8 @@ The·cat  logp=-0.69
 EXPECTED_ASCII = """\
 session 1, test-model, 4 branches, 11 nodes
 
-"The cat"  logp=-0.69
+The cat
+^ prompt 1 (2 tokens)  logp=-0.69
 |-- " sat"  p=0.600  logp=-0.51  [mid]
 |   `-- " on"  p=0.900  logp=-0.11
 |       |-- " down"  p=0.700  logp=-0.36  [copy]
@@ -239,7 +244,7 @@ def test_text_handles_a_deep_chain_without_recursion():
     tip = ExportBranch(1, "deep", 0, True, n, 1, tuple(range(1, n + 1)), (1,) + (2,) * (n - 1))
     out = render_text(ExportTree({"id": 9}, {"name": "m"}, (tip,), tuple(nodes), {}))
     lines = out.splitlines()
-    assert len(lines) == 2 + 1 + 2 * 49 + 1
+    assert len(lines) == 2 + 2 + 2 * 49 + 1  # header, blank, the prompt and its line, 2 per fork, the tip
     tip_lines = [line for line in lines if line.endswith("[deep*]")]
     assert len(tip_lines) == 1
     assert tip_lines[0].startswith("    " + "│   " * 48 + "├── ·b·b")  # prompt "a", then 49 forks deep
@@ -249,12 +254,13 @@ def test_text_handles_a_deep_chain_without_recursion():
 
 
 def check_json_round_trip(doc: dict) -> None:
-    assert doc["format"] == "tokentree-export" and doc["version"] == 1
+    assert doc["format"] == "tokentree-export" and doc["version"] == 2
     nodes = {n["id"]: n for n in doc["nodes"]}
     assert len(nodes) == len(doc["nodes"])
     for n in doc["nodes"]:
-        assert set(n) == {"id", "parent", "token_id", "text", "prob", "rank", "entropy", "top"}
+        assert set(n) == {"id", "parent", "token_id", "text", "prob", "rank", "entropy", "top", "next"}
         assert n["parent"] is None or n["parent"] in nodes
+        assert n["next"] is None or set(n["next"]) == {"entropy", "entropy_exact", "top"}
     for b in doc["branches"]:
         assert set(b) == {"id", "name", "focused", "token_ids", "text"}
         # the token ids walk existing nodes from a root
@@ -295,6 +301,13 @@ def check_json_values(doc: dict, cached=output_of) -> None:
             assert [t["prob"] for t in n["top"]] == list(parent.top_probs)
             assert [t["text"] for t in n["top"]] == [PIECES[t].decode("utf-8", "backslashreplace")
                                                      for t in parent.top_ids]
+        own = out.next  # the node's own next-token distribution
+        assert n["next"]["entropy"] == own.entropy == entropy_of(path)
+        assert n["next"]["entropy_exact"] is True
+        assert [t["token_id"] for t in n["next"]["top"]] == list(own.top_ids)
+        assert [t["prob"] for t in n["next"]["top"]] == list(own.top_probs)
+        if len(path) > 1:  # a node's "top" is its parent's "next" list, in the same shape
+            assert n["top"] == by_path[path[:-1]]["next"]["top"]
     assert by_path[(1, 2, 6, 7)]["text"] == "\\xc3"  # a lone fragment, escaped
     branches = {b["name"]: b for b in doc["branches"]}
     assert [b["name"] for b in doc["branches"]] == [name for name, _ in BRANCHES]
@@ -332,7 +345,7 @@ def test_json_of_a_session_of_another_model_has_no_values(store):
     doc = json.loads(export_session(store, other, "json"))
     check_json_round_trip(doc)
     assert [n["prob"] for n in doc["nodes"]] == [None, None]
-    assert all(n["top"] == [] and n["entropy"] is None for n in doc["nodes"])
+    assert all(n["top"] == [] and n["entropy"] is None and n["next"] is None for n in doc["nodes"])
     assert sid != other
 
 
@@ -471,7 +484,7 @@ def test_unknown_bytes_and_control_codes_show_as_on_screen_in_every_format():
                       {"name": "m", "fingerprint": "f", "vocab_key": "v"}, (branch,), nodes,
                       {1: b"a\x1b", 3: nodes[2].piece})
     text = render_text(tree)
-    assert "a\\x1b  logp=" in text and "\u27e82\u27e9\\x9b\\xc3  p=0.500" in text
+    assert "\na\\x1b\n^ prompt 1 (1 token)  logp=" in text and "\u27e82\u27e9\\x9b\\xc3  p=0.500" in text
     assert '"\u27e82\u27e9\\x9b\\xc3"' in render_text(tree, ascii=True)
     assert "\u27e82\u27e9\\\\x9b\\\\xc3" in render_dot(tree)
     md = render_markdown(tree)
@@ -502,3 +515,150 @@ def test_markdown_escapes_bytes_as_the_screen_does():
     assert screen == "\\x8e\\x9b!\\xe2\\x80"
     assert f"```text\n{screen}\n```" in md
     assert "| 2 | `\\x8e` | 2 |" in md and "\ufffd" not in md
+
+
+# --------------------------------------------------------------------------- exports people read
+
+# A prompt with a special token, a newline, a tab, a double space and a token whose bytes the
+# vocabulary table lacks (42); two branches go on from it.
+READ_PIECES = {10: b"<|im_start|>", 1: b"Q:", 2: b"\n", 3: b"\t", 4: b"two", 5: b"  ", 6: b"spaces",
+               7: b" yes", 8: b" no"}
+READ_PROMPT = (10, 1, 2, 3, 4, 5, 42, 6)
+READ_BRANCHES = [("a", READ_PROMPT + (7,)), ("b", READ_PROMPT + (8, 2))]
+PROMPT_SHOWN = "<|im_start|>Q:\n\ttwo  \u27e842\u27e9spaces"  # verbatim; ⟨42⟩ as on screen
+
+EXPECTED_READ_TEXT = f"""\
+session 1, test-model, 2 branches, 11 nodes
+
+{PROMPT_SHOWN}
+^ prompt 1 (8 tokens)  logp=n/a
+├── ·yes  p=n/a  logp=n/a  [a]
+└── ·no⏎  p=n/a  logp=n/a  [b*]
+"""
+
+
+def build_read_session(store) -> int:
+    sid = store.start_session(model_name="test-model", fingerprint="fp-1", vocab_key="vk", prompt_sources=["q.txt"])
+    store.put_token_bytes("vk", READ_PIECES)
+    for name, path in READ_BRANCHES:
+        bid = store.create_branch(sid, READ_PROMPT, source="q.txt", name=name)
+        for token in path[len(READ_PROMPT):]:
+            store.append_token(sid, bid, token)
+    return sid
+
+
+def run_export_command(*args: str) -> str:
+    """`tokentree export ...` as a user runs it, in its own process."""
+    result = subprocess.run([sys.executable, "-m", "tokentree", "export", *args],
+                            capture_output=True, text=True, encoding="utf-8")
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def segment_labels(text: str) -> list[str]:
+    """The token text of each tree line below a root line (box drawing)."""
+    return re.findall(r"^[│ ]*[├└]── (\S*)  p=", text, re.M)
+
+
+def test_text_export_begins_with_the_prompt_verbatim(store, tmp_path):
+    build_read_session(store)
+    out = run_export_command("last", "--db", str(tmp_path / "export.db"))
+    assert out == EXPECTED_READ_TEXT
+    header, blank, rest = out.split("\n", 2)
+    assert blank == "" and rest.startswith(PROMPT_SHOWN + "\n^ prompt 1 ")
+    # "·" stands for a space only inside a tree segment, never in the prompt or the header
+    assert "\u00b7" not in header + PROMPT_SHOWN
+    assert out.count("\u00b7") == sum(label.count("\u00b7") for label in segment_labels(out)) == 2
+
+
+def test_text_export_ascii_keeps_the_prompt_verbatim(store):
+    sid = build_read_session(store)
+    out = export_session(store, sid, "text", ascii=True)
+    assert out.startswith(f"session 1, test-model, 2 branches, 11 nodes\n\n{PROMPT_SHOWN}\n^ prompt 1 ")
+    assert '`-- " no\\n"  p=n/a' in out and "\u00b7" not in out
+
+
+def _prompt_tree(prompts: dict[str, tuple[int, ...]], pieces: dict[int, bytes]) -> ExportTree:
+    """One branch per prompt, nodes shared by common prefixes (as the store shares them)."""
+    ids: dict[tuple[int, ...], int] = {}
+    nodes = []
+    for path in prompts.values():
+        for k in range(1, len(path) + 1):
+            if path[:k] not in ids:
+                ids[path[:k]] = len(ids) + 1
+                nodes.append(ExportNode(ids[path[:k]], ids.get(path[:k - 1]), path[k - 1], k, pieces[path[k - 1]],
+                                        None if k == 1 else 0.5, None, None, None))
+    branches = tuple(ExportBranch(i, name, i - 1, i == 1, ids[path], ids[path],
+                                  tuple(ids[path[:k]] for k in range(1, len(path) + 1)), path)
+                     for i, (name, path) in enumerate(prompts.items(), 1))
+    return ExportTree({"id": 1}, {"name": "m"}, branches, tuple(nodes), pieces)
+
+
+def test_text_export_prompts_that_share_their_start_each_show_whole():
+    """Two prompts that begin alike share their first nodes, so no one tree line is a whole
+    prompt: each is still printed verbatim with its own line, and the tree repeats the tokens."""
+    pieces = {1: b"Q:", 2: b"\n", 3: b"one", 4: b"two  three"}
+    out = render_text(_prompt_tree({"x": (1, 2, 3), "y": (1, 2, 4)}, pieces))
+    assert out == (
+        "session 1, m, 2 branches, 4 nodes\n"
+        "\n"
+        "Q:\none\n^ prompt 1 (3 tokens)  logp=-1.39\n"
+        "Q:\ntwo  three\n^ prompt 2 (3 tokens)  logp=-1.39\n"
+        "\n"
+        "Q:⏎  logp=-0.69\n"
+        "├── one  p=0.500  logp=-0.69  [x*]\n"
+        "└── two··three  p=0.500  logp=-0.69  [y]\n"
+    )
+
+
+def test_json_next_is_each_nodes_own_distribution_where_cached(store):
+    """"next" is the cached distribution after the node itself (its children's "top"); null
+    for a node the model has not computed yet. Its exactness is what the cache says."""
+    sid = build_session(store)
+    main_branch = next(b for b in store.branches(sid) if b.name == "main")
+    store.append_token(sid, main_branch.id, 13)  # a new node nothing has computed
+    doc = json.loads(export_session(store, sid, "json"))
+    assert doc["version"] == 2
+    check_json_round_trip(doc)
+    by_path = node_paths(doc)
+    keys = {tuple(n.token_id for n in store.path_nodes(node.id)): node.prefix_key for node in store.session_nodes(sid)}
+    cached = store.get_outputs(list(keys.values()), "fp-1")
+    for path in all_paths():
+        dist = cached[keys[path]].next
+        assert by_path[path]["next"] == {
+            "entropy": dist.entropy,
+            "entropy_exact": getattr(dist, "exact", True),
+            "top": [{"token_id": t, "text": PIECES[t].decode("utf-8", "backslashreplace"), "prob": p}
+                    for t, p in zip(dist.top_ids, dist.top_probs)],
+        }
+    new = by_path[BRANCHES[0][1] + (13,)]
+    assert new["next"] is None and new["prob"] is None
+    assert new["top"] == by_path[BRANCHES[0][1]]["next"]["top"] != []  # its parent's is cached
+
+
+def test_json_entropy_exact_follows_the_distribution():
+    tree = hand_tree()
+    inexact = tree.nodes[1]._replace(next_dist=Distribution((3,), (0.6,), 1.5, 0.2, exact=False))
+    tree = ExportTree(tree.session, tree.model, tree.branches, (tree.nodes[0], inexact) + tree.nodes[2:], tree.pieces)
+    nodes = json.loads(render_json(tree))["nodes"]
+    assert nodes[1]["next"] == {"entropy": 1.5, "entropy_exact": False,
+                                "top": [{"token_id": 3, "text": " sat", "prob": 0.6}]}
+    assert all(n["next"]["entropy_exact"] for i, n in enumerate(nodes) if i != 1)
+
+
+def test_json_export_command_honours_top(store, tmp_path, capsys):
+    from tokentree.cli import main
+
+    build_session(store)
+    db = str(tmp_path / "export.db")
+    full = json.loads(run_export_command("last", "-f", "json", "--db", db))
+    for n in (0, 1, 3):
+        assert main(["export", "-f", "json", "--top", str(n), "--db", db]) == 0
+        cut = json.loads(capsys.readouterr().out)
+        assert cut["version"] == 2
+        for short, whole in zip(cut["nodes"], full["nodes"]):
+            assert short["top"] == whole["top"][:n]
+            assert short["next"] == dict(whole["next"], top=whole["next"]["top"][:n])
+        assert max(len(node["next"]["top"]) for node in cut["nodes"]) == min(n, 4)  # 4: the most cached
+    assert main(["export", "-f", "json", "--top", "-1", "--db", db]) == 2
+    assert "--top must be 0 or more" in capsys.readouterr().err

@@ -3,6 +3,8 @@ AND on the colours (attributes) of the canvas."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import inspect
 import threading
 
@@ -32,7 +34,10 @@ def store():
     s.close()
 
 
-def make_app(store, engine=None, prompts=None, *, layer_prob=False, config=CONFIG, worker=None):
+def make_app(store, engine=None, prompts=None, *, layer_prob=False, config=CONFIG, worker=None, prefetch=0):
+    """An app on a fake model. No speculative prefetch unless asked: these tests count the
+    model's work key by key (test_prefetch.py and the test below cover prefetch)."""
+    config = replace(config, explore=replace(config.explore, prefetch=prefetch))
     engine = engine or FakeEngine()
     sid = new_session(store, engine, prompts or {"cat": " the cat sat", "dog": " a dog and"})
     ex = Explorer(store, sid, config=config, layer_prob=layer_prob, model_name=engine.loaded.name)
@@ -440,3 +445,17 @@ def test_a_key_on_a_stale_screen_says_so_and_refreshes(tokentree_home):
     app.settle()
     assert len(store.events(ex.session_id)) == len(events) + 1
     store.close()
+
+
+def test_prefetch_through_the_app_makes_the_next_append_a_cache_hit(store):
+    engine = FakeEngine()
+    app = make_app(store, engine, worker=Worker(), prefetch=2)
+    try:
+        app.settle()  # the prompt, then the two top candidates' children, in the background
+        passes = engine.forward_passes
+        app.press("right")
+        app.settle()
+        assert engine.forward_passes == passes + 2  # nothing for the append; the new tip's prefetch
+        assert "from cache" in lines(app)[-1]
+    finally:
+        app.worker.shutdown()

@@ -15,6 +15,9 @@ class Distribution:
     top_probs: tuple[float, ...]
     entropy: float  # nats, over the full vocabulary
     norm_entropy: float  # entropy / log(vocab size), in [0, 1]
+    # False when the entropy was computed from the top-k alone (a server's top log-probs):
+    # then it is a lower bound, shown as "≥ 2.31" and exported with "entropy_exact": false.
+    exact: bool = True
 
 
 @dataclass(frozen=True)
@@ -54,3 +57,25 @@ class Capabilities:
     layer_lens: bool = True  # per-layer probabilities (logit lens)
     # Why the layer lens is off, for the layer views to say (e.g. "not available for this model").
     layer_lens_note: str | None = None
+    # Why attention influence is off (e.g. "needs a local model"), for the influence view.
+    influence_note: str | None = None
+    # One request scores every prompt position (a local model, vLLM's prompt_logprobs). Without
+    # it only the last position of a prefill has an output; the others show n/a until visited.
+    prompt_logprobs: bool = True
+    exact_entropy: bool = True  # entropy over the full vocabulary (False: a top-k lower bound)
+    # How many model requests may run at once (a server answers several; a local model one):
+    # the size of the speculative prefetch pool.
+    parallel: int = 1
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Who a backend is, for the session and the status bar: no model objects here."""
+
+    name: str  # as the user gave it (hub name, path, served model id)
+    device: str  # "cpu", "cuda", "auto" (device map), a server's host
+    dtype: str  # "float32", "bfloat16", a GGUF quantization, "server"
+    fingerprint: str  # which cached numbers may be reused for this backend (lm/fingerprint.py)
+    vocab_key: str  # short stable hash of the vocabulary: ids mean the same under it
+    context_length: int | None
+    num_layers: int = 0

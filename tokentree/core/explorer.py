@@ -13,6 +13,7 @@ changed the session since, the store refuses it (StaleCommand) and nothing is wr
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,14 @@ from tokentree.prompts import save_prompt
 from . import jobs
 from .exploring import ExplorationCommands, _Fill, _Search
 from .planner import BytesJob, Job, OutputsJob, Planner, SampleJob, Wants
+from .prefetch import prefetch_jobs
 from .screen import EngineInfo, Screen, ScreenState, selected_index
 from .snapshot import LAYER_VIEWS, PROMPT_VIEWS, Snapshot
 from .view import TreeView
 from .worker import Task
 
 log = logging.getLogger(__name__)
+_MAX_BACKOFF = 30.0  # seconds between retries of a server that stopped answering
 
 
 class Explorer(ExplorationCommands):
@@ -63,6 +66,10 @@ class Explorer(ExplorationCommands):
         self._search: _Search | None = None
         self._run: tuple[str, int] | None = None  # the kind and group of the last repeating command
         self.sampler_on = False  # the table's sampler column
+        self._prefetching: dict[bytes, Task] = {}  # child prefix key -> its speculative task
+        self.prefetched = 0  # outputs a prefetch put in the cache (benchmarks report it)
+        self._retry_at: float | None = None  # when a failed server request may be retried
+        self._backoff = 0.0  # seconds; doubles on each transient failure, 0 after a success
         if engine is not None:
             self.attach_engine(engine)
 
@@ -79,19 +86,24 @@ class Explorer(ExplorationCommands):
 
     def attach_engine(self, engine) -> None:
         """Use `engine` from now on (UI thread). Its tokenizer must match the session's."""
-        loaded = engine.loaded
-        if loaded.vocab_key != self.vocab_key:
+        info = engine.info
+        if info.vocab_key != self.vocab_key:
             raise ModelLoadError(
-                f"{loaded.name} has a different tokenizer than this session's model "
+                f"{info.name} has a different tokenizer than this session's model "
                 f"({self.info.model_name}); its cached tree can be browsed but not extended"
             )
-        if loaded.fingerprint != self.fingerprint:
+        if info.fingerprint != self.fingerprint:
             # Another dtype or revision: outputs are cached per fingerprint.
-            self._view.use_fingerprint(loaded.fingerprint)
+            self._view.use_fingerprint(info.fingerprint)
             self._planner.model_changed()
             self._screen.model_changed()
         self.engine = engine
         self.error = None
+        self._planner.whole_paths = engine.capabilities.prompt_logprobs
+        self._planner.model_changed()
+        if self.prompt_view == "influence" and not engine.capabilities.influence:
+            self.prompt_view = "plain"
+            self.message = f"influence view: {engine.capabilities.influence_note or 'not available'}"
         if not engine.capabilities.layer_lens and self.layer_view != "off":
             self.layer_view = "off"  # never draw a lens the model's own output contradicts
             self.message = f"layer views: {engine.capabilities.layer_lens_note}"
@@ -106,14 +118,62 @@ class Explorer(ExplorationCommands):
         """The next model work to run, or None when idle, busy, or without an engine."""
         if self._in_flight is not None or self.engine is None:
             return None
+        if self._retry_at is not None:
+            if time.monotonic() < self._retry_at:
+                return None  # a server is down: wait out the back-off (the tree stays browsable)
+            self._retry_at = None
         job, self._requested = self._requested or self._plan(), None
         if job is None:
             return None
+        if isinstance(job, OutputsJob) and job.one_step and job.keys[-1] in self._prefetching:
+            return None  # a prefetch is computing exactly this node: its result comes first
         engine = self.engine
         task = self._task(job.failure_key, job.label, lambda: jobs.execute(job, engine),
                           lambda result: self._record(job, result))
         self._in_flight = task
         return task
+
+    def take_prefetch(self) -> Task | None:
+        """A speculative job for a candidate's child, or None. Only when no key's own work
+        is waiting: on a local model (one request at a time) only when idle, so a key's job
+        waits at most for the one step in flight; on a server while fewer than
+        `capabilities.parallel` prefetches are in flight (keys' jobs run beside them)."""
+        engine = self.engine
+        count = self.config.explore.prefetch
+        if engine is None or count <= 0 or self._fill is not None or self._retry_at is not None:
+            return None
+        parallel = engine.capabilities.parallel
+        if len(self._prefetching) >= parallel or (parallel == 1 and self._in_flight is not None):
+            return None
+        view = self._view
+        with view.reading():
+            path = view.path_of(self._focused_branch().node_id, keep=True)
+            rows = self._screen.candidate_rows(path[-1])
+            candidates = [r.token_id for r in rows if r.rank is not None]
+            found = prefetch_jobs(view, path, candidates, self._selected_token, count, set(self._prefetching))
+        job = next((j for j in found if j.failure_key not in self._planner.failed), None)
+        if job is None:
+            return None
+        key = job.keys[-1]
+
+        def done(result) -> None:
+            self._prefetching.pop(key, None)
+            jobs.record(job, result, self.store, self._view)  # cache rows only, never events
+            self.prefetched += 1
+            self._drain_queued_appends()
+
+        def failed(exc: BaseException) -> None:
+            self._prefetching.pop(key, None)
+            self._planner.failed.add(job.failure_key)  # a key's own job will say why, if asked
+            log.info("prefetch failed: %s", exc)
+
+        task = Task(label="", run=lambda: jobs.execute(job, engine), finish=done, fail=failed)
+        self._prefetching[key] = task
+        return task
+
+    def retry_due(self) -> bool:
+        """A server request failed and its back-off time has passed: pump again."""
+        return self._retry_at is not None and time.monotonic() >= self._retry_at
 
     def run_jobs_inline(self, limit: int = 1000) -> int:
         """Run every pending job on this thread (tests, scripts). Returns how many ran."""
@@ -151,7 +211,7 @@ class Explorer(ExplorationCommands):
             self._queued_appends += 1
             self.message = f"waiting for the model ({self._queued_appends} append(s) queued)"
             return
-        limit = self.engine.loaded.context_length if self.engine is not None else None
+        limit = self.engine.info.context_length if self.engine is not None else None
         if limit and node.depth >= limit:
             self.message = f"the model's context is full ({limit} tokens)"
             return
@@ -253,7 +313,12 @@ class Explorer(ExplorationCommands):
         self.message = f"undid: {undone.replace('_', ' ').replace('.', ' ')}" if undone else "nothing to undo"
 
     def cycle_prompt_view(self) -> None:
-        self.prompt_view = PROMPT_VIEWS[(PROMPT_VIEWS.index(self.prompt_view) + 1) % len(PROMPT_VIEWS)]
+        view = PROMPT_VIEWS[(PROMPT_VIEWS.index(self.prompt_view) + 1) % len(PROMPT_VIEWS)]
+        caps = self.engine.capabilities if self.engine is not None else None
+        if view == "influence" and caps is not None and not caps.influence:
+            self.message = f"influence view: {caps.influence_note or 'not available for this model'}"
+            view = PROMPT_VIEWS[(PROMPT_VIEWS.index(view) + 1) % len(PROMPT_VIEWS)]
+        self.prompt_view = view
 
     def cycle_layer_view(self) -> None:
         if not self.layer_prob:
@@ -335,11 +400,11 @@ class Explorer(ExplorationCommands):
         return self._screen.tree_lines()
 
     def _state(self) -> ScreenState:
-        loaded = self.engine.loaded if self.engine is not None else None
+        info = self.engine.info if self.engine is not None else None
         return ScreenState(
             prompt_view=self.prompt_view, layer_view=self.layer_view, layer_prob=self.layer_prob,
             selected_token=self._selected_token, message=self.message, error=self.error, busy=self.busy,
-            engine=EngineInfo(loaded.name, loaded.device, loaded.dtype) if loaded is not None else None,
+            engine=EngineInfo(info.name, info.device, info.dtype) if info is not None else None,
             fresh_ms=self._fresh_ms,
             cancellable=self._fill is not None,
             sampler=self.config.sampling if self.sampler_on else None,
@@ -400,6 +465,10 @@ class Explorer(ExplorationCommands):
     def _task(self, key: tuple, label: str, run: Callable[[], Any], apply: Callable[[Any], None]) -> Task:
         def finish(result: Any) -> None:
             self._in_flight = None
+            if self._backoff:  # the server answers again
+                self._backoff = 0.0
+                self.error = None
+                self.message = "the server answers again"
             try:
                 apply(result)
             except TokentreeError as exc:
@@ -408,6 +477,12 @@ class Explorer(ExplorationCommands):
 
         def fail(exc: BaseException) -> None:
             self._in_flight = None
+            if getattr(exc, "transient", False) and key != ("load",):
+                # Down, timed out, 5xx: retry later, with back-off; nothing recorded is lost.
+                self._backoff = min(_MAX_BACKOFF, max(1.0, self._backoff * 2))
+                self._retry_at = time.monotonic() + self._backoff
+                self.error = f"{exc} (retrying in {self._backoff:.0f} s; the tree stays browsable)"
+                return
             self._planner.failed.add(key)
             log.error("%s failed", label, exc_info=exc)
             self.error = f"{label} failed: {exc}"

@@ -73,7 +73,7 @@ class ExplorationCommands:
                 return
             if out is None:
                 return  # the model is computing it: `_record` calls back
-            limit = self.engine.loaded.context_length
+            limit = self.engine.info.context_length
             if limit and node.depth >= limit:
                 self._end_fill(f"the model's context is full ({limit} tokens)")
                 return

@@ -62,7 +62,8 @@ def _outputs(job: OutputsJob, engine) -> OutputsResult:
         outputs = {last: engine.step(tokens[:-1], tokens[-1])}
     else:
         every = engine.prefill(tokens)  # one pass over the whole path
-        outputs = {k: every[k] for k in job.missing}
+        # None: a position the backend did not score (a server without prompt log-probs).
+        outputs = {k: every[k] for k in job.missing if every[k] is not None}
     ms = (time.perf_counter() - start) * 1000
     ids = set(tokens) | {t for o in outputs.values() for t in o.next.top_ids}
     return OutputsResult(outputs, ms, engine.token_bytes(sorted(ids - job.known_bytes)), analysis)

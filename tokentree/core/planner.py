@@ -114,6 +114,9 @@ class Planner:
         self.view = view
         self.failed: set[tuple] = set()
         self._complete: set[int] = set()  # node ids whose whole path has cached outputs
+        # Whether one request scores every position of a path (Capabilities.prompt_logprobs).
+        # Without it only the node itself is asked for: the others stay n/a until visited.
+        self.whole_paths = True
 
     def model_changed(self) -> None:
         self._complete.clear()
@@ -139,8 +142,9 @@ class Planner:
         if path[-1].id in self._complete:
             return None
         keys = tuple(n.prefix_key for n in path)
-        outs = self.view.probs_for(keys)
-        missing = tuple(k for k, key in enumerate(keys) if key not in outs)
+        outs = self.view.probs_for(keys if self.whole_paths else keys[-1:])
+        wanted = range(len(keys)) if self.whole_paths else (len(keys) - 1,)
+        missing = tuple(k for k in wanted if keys[k] not in outs)
         if not missing:
             self._complete.add(path[-1].id)
             return None

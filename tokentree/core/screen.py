@@ -137,6 +137,7 @@ class Screen:
                 last_rank=out.token_rank if out else None,
                 entropy=out.next.entropy if out else None,
                 norm_entropy=out.next.norm_entropy if out else None,
+                entropy_exact=out.next.exact if out else True,
                 view_pending=_view_pending(state, analysis, rows, out),
                 sink_share=analysis.sink_share if analysis is not None and state.prompt_view == "influence" else None,
                 num_layers=num_layers if state.layer_view != "off" else 0,

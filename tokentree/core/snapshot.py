@@ -80,6 +80,7 @@ class Snapshot:
     last_rank: int | None = None
     entropy: float | None = None  # nats
     norm_entropy: float | None = None
+    entropy_exact: bool = True  # False: a lower bound from a server's top-k (shown "≥")
     view_pending: bool = False  # the active view's values are still being computed
     # Influence view: the mean attention weight of the last position on position 0 (the sink).
     sink_share: float | None = None

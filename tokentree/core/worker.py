@@ -32,12 +32,15 @@ class Worker:
     """One daemon thread: quitting never waits for a forward pass or a model load to end
     (the process exits; the UI has already recorded everything)."""
 
-    def __init__(self, notify: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, notify: Callable[[], None] = lambda: None, *, threads: int = 1,
+                 name: str = "tokentree-model") -> None:
+        """`threads` > 1: a pool, for a backend that serves requests in parallel (a server)."""
         self._notify = notify
         self._todo: queue.SimpleQueue[Task | None] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[tuple[Task, object, BaseException | None]] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name="tokentree-model", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._loop, name=name, daemon=True) for _ in range(max(1, threads))]
+        for thread in self._threads:
+            thread.start()
         self.pending = 0  # submitted, not yet delivered
 
     def submit(self, job: Task) -> None:
@@ -77,7 +80,8 @@ class Worker:
                 self._todo.get_nowait()
             except queue.Empty:
                 break
-        self._todo.put(None)
+        for _ in self._threads:
+            self._todo.put(None)
 
 
 class InlineWorker:

@@ -29,7 +29,7 @@ __all__ = [
     "render_text",
 ]
 
-FORMATS = {  # name -> renderer; only "text" takes `ascii`
+FORMATS = {  # name -> renderer; only "text" takes `ascii`, only "json" `top_k`
     "text": render_text,
     "json": render_json,
     "dot": render_dot,
@@ -43,13 +43,25 @@ def _check(fmt: str) -> None:
         raise InputError(f"unknown export format {fmt!r} (choose one of: {', '.join(FORMATS)})")
 
 
-def render(tree: ExportTree, fmt: str, *, ascii: bool = False) -> str:
-    _check(fmt)
-    return render_text(tree, ascii=ascii) if fmt == "text" else FORMATS[fmt](tree)
+def _check_top(top: int | None) -> None:
+    if top is not None and top < 0:
+        raise InputError(f"--top must be 0 or more, not {top}")
 
 
-def export_session(store, session_id: int, fmt: str, *, ascii: bool = False) -> str:
-    """The session as text / json / dot / markdown; `ascii` only affects the text tree."""
+def render(tree: ExportTree, fmt: str, *, ascii: bool = False, top: int | None = None) -> str:
+    """`ascii` only affects the text tree, `top` (candidates per node) only JSON."""
     _check(fmt)
+    _check_top(top)
+    if fmt == "text":
+        return render_text(tree, ascii=ascii)
+    return render_json(tree, top_k=top) if fmt == "json" else FORMATS[fmt](tree)
+
+
+def export_session(store, session_id: int, fmt: str, *, ascii: bool = False, top: int | None = None) -> str:
+    """The session as text / json / dot / markdown; `ascii` only affects the text tree,
+    `top` cuts JSON's candidate lists to that many per node (None: every cached one)."""
+    _check(fmt)
+    _check_top(top)  # before loading: a bad value costs nothing
     with gc_paused():
-        return render(load_export_tree(store, session_id, with_top=fmt in _WITH_TOP), fmt, ascii=ascii)
+        tree = load_export_tree(store, session_id, with_top=fmt in _WITH_TOP)
+        return render(tree, fmt, ascii=ascii, top=top)

@@ -1,5 +1,6 @@
-"""The JSON export: the `tokentree-export` document (version 1), one node per line.
+"""The JSON export: the `tokentree-export` document (version 2), one node per line.
 
+Version 2 added each node's own next-token distribution, "next" (README: format versions).
 (Within the package, `import json` still finds the standard library: imports are absolute.)
 """
 
@@ -12,7 +13,7 @@ from tokentree.export.loader import ExportTree, gc_paused
 from tokentree.tree.text import decode, shown_bytes, token_text
 
 FORMAT_NAME = "tokentree-export"
-VERSION = 1
+VERSION = 2
 
 
 def _json_num(value) -> str:
@@ -26,7 +27,8 @@ def _json_num(value) -> str:
 
 @gc_paused()
 def render_json(tree: ExportTree, *, top_k: int | None = None) -> str:
-    """`top_k` cuts each node's "top" list (default: every cached candidate)."""
+    """`top_k` cuts each node's candidate lists, "top" and "next"'s (default: every cached
+    candidate)."""
     dump = lambda obj: json.dumps(obj, ensure_ascii=False)  # noqa: E731
     pieces = tree.pieces
     by_id = {n.id: n for n in tree.nodes}
@@ -44,11 +46,12 @@ def render_json(tree: ExportTree, *, top_k: int | None = None) -> str:
         f'"model": {dump(dict(tree.model))},',
         '"branches": [',
     ]
-    lines.append(",\n".join(dump(b) for b in branches))
-    lines.append("],")
-    lines.append('"nodes": [')
+    if branches:
+        lines.append(",\n".join(dump(b) for b in branches))
+    lines += ["],", '"nodes": [', ""]
     # Built by hand rather than json.dumps per node: the same bytes, several times faster
-    # (a 100,000-node tree with 64 candidates per node is millions of entries).
+    # (a 100,000-node tree with 64 candidates per node is millions of entries). One flat
+    # list joined once: the document can be hundreds of MB, and every copy of it costs.
     class _TopPrefix(dict):
         def __missing__(self, tid: int) -> str:
             value = self[tid] = f'{{"token_id": {tid}, "text": {dump(token_text(pieces.get(tid), tid))}, "prob": '
@@ -56,19 +59,39 @@ def render_json(tree: ExportTree, *, top_k: int | None = None) -> str:
 
     prefix = _TopPrefix()
     isfinite = math.isfinite
-    node_lines = []
-    for n in tree.nodes:
-        ids, probs = (n.top_ids, n.top_probs) if top_k is None else (n.top_ids[:top_k], n.top_probs[:top_k])
-        if all(map(isfinite, probs)):
-            entries = ", ".join([f"{prefix[tid]}{p!r}}}" for tid, p in zip(ids, probs)])
+
+    # A node's "next" list is its children's "top" list: the loader shares one cache record's
+    # tuples between them, so each list is written once (keyed by identity: the tree keeps
+    # every tuple alive while this runs).
+    written: dict[tuple[int, int], str] = {}
+
+    def candidates(ids: tuple[int, ...], probs: tuple[float, ...]) -> str:
+        key = (id(ids), id(probs))
+        if (text := written.get(key)) is not None:
+            return text
+        cut_ids, cut_probs = (ids, probs) if top_k is None else (ids[:top_k], probs[:top_k])
+        if all(map(isfinite, cut_probs)):
+            text = ", ".join([f"{prefix[tid]}{p!r}}}" for tid, p in zip(cut_ids, cut_probs)])
         else:
-            entries = ", ".join([f"{prefix[tid]}{_json_num(p)}}}" for tid, p in zip(ids, probs)])
-        node_lines.append(
-            f'{{"id": {n.id}, "parent": {_json_num(n.parent)}, "token_id": {n.token_id}, '
-            f'"text": {dump(token_text(n.piece, n.token_id))}, "prob": {_json_num(n.prob)}, '
-            f'"rank": {_json_num(n.rank)}, "entropy": {_json_num(n.entropy)}, "top": [{entries}]}}'
-        )
-    lines.append(",\n".join(node_lines))
-    lines.append("]")
-    lines.append("}")
-    return "\n".join(line for line in lines if line) + "\n"
+            text = ", ".join([f"{prefix[tid]}{_json_num(p)}}}" for tid, p in zip(cut_ids, cut_probs)])
+        written[key] = text
+        return text
+
+    parts = ["\n".join(lines)]
+    add = parts.extend
+    for i, n in enumerate(tree.nodes):
+        add((",\n" if i else "",
+             f'{{"id": {n.id}, "parent": {_json_num(n.parent)}, "token_id": {n.token_id}, '
+             f'"text": {dump(token_text(n.piece, n.token_id))}, "prob": {_json_num(n.prob)}, '
+             f'"rank": {_json_num(n.rank)}, "entropy": {_json_num(n.entropy)}, "top": [',
+             candidates(n.top_ids, n.top_probs), '], "next": '))
+        dist = n.next_dist
+        if dist is None:
+            parts.append("null}")
+        else:
+            # getattr: a cache written before Distribution.exact existed reads back without it
+            exact = "true" if getattr(dist, "exact", True) else "false"
+            add((f'{{"entropy": {_json_num(dist.entropy)}, "entropy_exact": {exact}, "top": [',
+                 candidates(dist.top_ids, dist.top_probs), "]}}"))
+    parts.append("\n]\n}\n" if tree.nodes else "]\n}\n")
+    return "".join(parts)

@@ -2,6 +2,7 @@
 
 The exports' choices on top of tree.segments: children most probable first, roots in the
 order the branches use them, and a segment also ends where a branch or a root prompt ends.
+`root_prompts` lists the root prompts themselves, numbered as every export numbers them.
 """
 
 from __future__ import annotations
@@ -51,3 +52,26 @@ def segments(tree: ExportTree, style: Style) -> Iterator[Segment]:
         if carry:
             carried.update(dict.fromkeys(kids, carry))
         yield Segment(indent, nodes, text, kids, is_root, tips.get(nodes[-1].id, no_tips))
+
+
+class Prompt(NamedTuple):
+    number: int  # 1.., in the order the branches first use it
+    nodes: list[ExportNode]  # the tree root .. the prompt's last token
+    branches: list[ExportBranch]  # the branches that start from it, in display order
+
+
+def root_prompts(tree: ExportTree) -> list[Prompt]:
+    """Each root prompt once (branches share one by its last node). A branch whose path
+    lacks its root prompt's node (an incomplete store) counts its whole path as the prompt."""
+    by_id = {n.id: n for n in tree.nodes}
+    prompts: dict[int, Prompt] = {}
+    for branch in tree.branches:
+        if branch.root_node_id in prompts:
+            prompts[branch.root_node_id].branches.append(branch)
+            continue
+        path = [by_id[i] for i in branch.node_ids if i in by_id]
+        ids = [n.id for n in path]
+        cut = ids.index(branch.root_node_id) + 1 if branch.root_node_id in ids else len(path)
+        if cut:
+            prompts[branch.root_node_id] = Prompt(len(prompts) + 1, path[:cut], [branch])
+    return list(prompts.values())

@@ -4,6 +4,7 @@ Per node, "prob", "rank", "entropy" and "top" all describe the choice of that no
 its probability and rank under the distribution that predicted it (the parent's next-token
 distribution), that distribution's entropy, and its top candidates. The first token of a
 prompt has no predicting distribution, so these are None (JSON null) and "top" is empty.
+"next" is the node's own next-token distribution (what its children are chosen from).
 Values are taken from the model-output cache of the session's own fingerprint only.
 """
 
@@ -17,6 +18,7 @@ from operator import attrgetter
 from typing import Any, Mapping, NamedTuple
 
 from tokentree.listing import iso_utc
+from tokentree.outputs import Distribution
 
 __all__ = ["ExportBranch", "ExportNode", "ExportTree", "gc_paused", "load_export_tree"]
 
@@ -53,6 +55,9 @@ class ExportNode(NamedTuple):
     # not copied: a session of 100,000 nodes holds millions of them).
     top_ids: tuple[int, ...] = ()
     top_probs: tuple[float, ...] = ()
+    # The node's own next-token distribution, the cache record itself; None when it is not
+    # cached (or not loaded: `with_top=False`).
+    next_dist: Distribution | None = None
 
 
 @dataclass(frozen=True)
@@ -114,20 +119,22 @@ def load_export_tree(store, session_id: int, *, with_top: bool = True) -> Export
     else:  # the light columns only: a big tree exports without decoding any top-K lists
         outputs, scores = {}, store.node_scores(session_id, fingerprint)
 
-    # The distribution that chose each node's token is its parent's "next" distribution.
+    # The distribution that chose each node's token is its parent's "next" distribution, so
+    # every node's own candidates cover its children's "top" lists too.
     ids: set[int] = set()
     for n in order:
         ids.add(n.token_id)
-        if with_top and n.parent_id is not None and (parent := raw.get(n.parent_id)) is not None:
-            if (parent_out := outputs.get(parent.prefix_key)) is not None:
-                ids.update(parent_out.next.top_ids)
+        if with_top and (out := outputs.get(n.prefix_key)) is not None:
+            ids.update(out.next.top_ids)
     pieces = {i: bytes(b) for i, b in store.token_bytes(vocab_key, ids).items()} if ids else {}
 
     nodes: list[ExportNode] = []
     append = nodes.append
     get_score = scores.get
     get_piece = pieces.get
+    get_output = outputs.get  # empty without `with_top`
     for n in order:
+        own_out = get_output(n.prefix_key)
         own = get_score(n.id) if n.parent_id is not None else None
         parent_score = get_score(n.parent_id) if n.parent_id is not None else None
         if parent_score is None:
@@ -152,6 +159,7 @@ def load_export_tree(store, session_id: int, *, with_top: bool = True) -> Export
                 norm_entropy,
                 top_ids,
                 top_probs,
+                None if own_out is None else own_out.next,
             )
         )
 

@@ -97,15 +97,15 @@ def get_outputs(conn: Connection, prefix_keys: Sequence[bytes], fingerprint: str
     t = NodeOutputRow
     for chunk in _chunks(keys):
         rows = conn.execute(
-            select(t.prefix_key, t.token_prob, t.token_rank, t.entropy, t.norm_entropy, t.top_ids, t.top_probs).where(
-                t.model_id == mid, t.prefix_key.in_(chunk)
-            )
+            select(t.prefix_key, t.token_prob, t.token_rank, t.entropy, t.norm_entropy, t.entropy_exact, t.top_ids,
+                   t.top_probs).where(t.model_id == mid, t.prefix_key.in_(chunk))
         )
-        for key, tprob, trank, ent, nent, ids, probs in rows:
+        for key, tprob, trank, ent, nent, exact, ids, probs in rows:
             out[bytes(key)] = NodeOutput(
                 token_prob=tprob,
                 token_rank=trank,
-                next=Distribution(top_ids=unpack_u32(ids), top_probs=unpack_f32(probs), entropy=ent, norm_entropy=nent),
+                next=Distribution(top_ids=unpack_u32(ids), top_probs=unpack_f32(probs), entropy=ent, norm_entropy=nent,
+                                  exact=bool(exact)),
             )
     return out
 
@@ -127,6 +127,7 @@ def put_outputs(conn: Connection, items: Sequence[tuple[bytes, NodeOutput]], fin
                 "token_rank": None if o.token_rank is None else int(o.token_rank),
                 "entropy": float(d.entropy),
                 "norm_entropy": float(d.norm_entropy),
+                "entropy_exact": bool(d.exact),
                 "top_ids": pack_u32(d.top_ids),
                 "top_probs": pack_f32(d.top_probs),
             }
@@ -135,7 +136,8 @@ def put_outputs(conn: Connection, items: Sequence[tuple[bytes, NodeOutput]], fin
     stmt = stmt.on_conflict_do_update(
         index_elements=[NodeOutputRow.prefix_key, NodeOutputRow.model_id],
         set_={
-            c: stmt.excluded[c] for c in ("token_prob", "token_rank", "entropy", "norm_entropy", "top_ids", "top_probs")
+            c: stmt.excluded[c] for c in ("token_prob", "token_rank", "entropy", "norm_entropy", "entropy_exact", "top_ids",
+                                    "top_probs")
         },
     )
     conn.execute(stmt, rows)  # executemany: one statement, one transaction (the caller's)

@@ -31,6 +31,7 @@ from sqlalchemy import (
     UniqueConstraint,
     event,
     false,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -175,6 +176,8 @@ class NodeOutputRow(Base):
     token_rank: Mapped[int | None] = mapped_column(Integer, nullable=True)
     entropy: Mapped[float] = mapped_column(Float, nullable=False)
     norm_entropy: Mapped[float] = mapped_column(Float, nullable=False)
+    # False: `entropy` is a lower bound from a server's top-k log-probs, not the exact value.
+    entropy_exact: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=true())
     top_ids: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
     top_probs: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
 

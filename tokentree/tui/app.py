@@ -43,11 +43,13 @@ class KeyRouter(urwid.WidgetWrap):
 
 
 class ExplorerApp:
-    def __init__(self, explorer, keymap: Keymap, *, worker=None) -> None:
-        """`worker`: a Worker or InlineWorker; None holds model work until `set_worker`."""
+    def __init__(self, explorer, keymap: Keymap, *, worker=None, prefetch_worker=None) -> None:
+        """`worker`: a Worker or InlineWorker; None holds model work until `set_worker`.
+        `prefetch_worker`: a pool for a server's speculative requests (None: `worker`)."""
         self.explorer = explorer
         self.keymap = keymap
         self.worker = worker
+        self.prefetch_worker = prefetch_worker
         self.show_tree = False
         self.show_help = False
 
@@ -226,20 +228,31 @@ class ExplorerApp:
             return
         while (job := self.explorer.take_job()) is not None:
             self.worker.submit(job)
+        engine = self.explorer.engine
+        while (job := self.explorer.take_prefetch()) is not None:
+            # A server's prefetches go to their own pool, beside the keys' own work; a local
+            # model's one at a time on the model thread, taken only when it is idle.
+            pool = self.prefetch_worker if engine.capabilities.parallel > 1 and self.prefetch_worker else self.worker
+            pool.submit(job)
 
     def on_results(self) -> None:
         """UI thread: apply finished jobs, start the next, redraw."""
-        if self.worker is not None and self.worker.deliver():
+        delivered = self.worker.deliver() if self.worker is not None else 0
+        if self.prefetch_worker is not None:
+            delivered += self.prefetch_worker.deliver()
+        if delivered:
             self.pump()
             self.refresh()
 
     def settle(self, timeout: float = 60.0) -> None:
         """Run model work until idle (tests). Works with the inline and the threaded worker."""
         deadline = time.monotonic() + timeout
+        workers = [w for w in (self.worker, self.prefetch_worker) if w is not None]
         while True:
-            self.worker.deliver()
+            for w in workers:
+                w.deliver()
             self.pump()
-            if self.worker.pending == 0 and self.explorer.busy is None:
+            if all(w.pending == 0 for w in workers) and self.explorer.busy is None:
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError("model work did not finish")
@@ -302,13 +315,16 @@ def run_tui(explorer, config, *, load_engine: Callable[[], object] | None = None
 
     wake_fd = loop.watch_pipe(wake)
     worker = Worker(notify=lambda: os.write(wake_fd, b"!"))
+    # Threads for a server's prefetch requests (idle on a local model: it runs one at a time).
+    app.prefetch_worker = Worker(notify=lambda: os.write(wake_fd, b"!"), threads=max(1, config.explore.prefetch),
+                                 name="tokentree-prefetch")
     if load_engine is not None:
         worker.submit(explorer.loading_job(load_engine))
     app.set_worker(worker)
     def follow_other_windows(loop_, _data) -> None:
         # Another tokentree on this session: show its changes, so keys here act on what is
         # on screen (a command built from a stale screen is refused by the store).
-        if app.explorer.changed_elsewhere():
+        if app.explorer.changed_elsewhere() or app.explorer.retry_due():
             app.pump()
             app.refresh()
         loop_.set_alarm_in(FOLLOW_SECONDS, follow_other_windows)
@@ -329,6 +345,7 @@ def run_tui(explorer, config, *, load_engine: Callable[[], object] | None = None
             failure, code = exc, 1
         finally:
             worker.shutdown()
+            app.prefetch_worker.shutdown()
             with contextlib.suppress(OSError):
                 os.close(wake_fd)
     if failure is not None:

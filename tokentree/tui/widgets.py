@@ -120,7 +120,9 @@ class PromptPane(urwid.WidgetWrap):
         else:
             own = [("legend", f"last token p {snap.last_prob * 100:.2f}%  rank {snap.last_rank}")]
         if snap.entropy is not None:
-            own.append(("legend", f"   next: entropy {snap.entropy:.2f} nats ({snap.norm_entropy:.2f} of max)"))
+            # A server's top-k gives a lower bound only: never shown as if exact.
+            bound = "" if snap.entropy_exact else "\u2265 "
+            own.append(("legend", f"   next: entropy {bound}{snap.entropy:.2f} nats ({snap.norm_entropy:.2f} of max)"))
         return own
 
     @staticmethod

@@ -1,0 +1,131 @@
+"""Speculative prefetch: the children of the candidates a user is looking at are computed
+while they read, into the cache only; a key's own work never waits behind more than the one
+step in flight."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from fake_engine import FakeEngine, new_session
+from tokentree.config import Config, DisplayConfig, ExploreConfig
+from tokentree.core.explorer import Explorer
+from tokentree.core.worker import Worker
+from tokentree.outputs import Capabilities
+from tokentree.paths import default_db_path
+from tokentree.store import Store
+
+
+@pytest.fixture
+def store():
+    s = Store.open(default_db_path())
+    yield s
+    s.close()
+
+
+def _explorer(store, engine, prefetch=3):
+    sid = new_session(store, engine, {"cat": " the cat sat"})
+    config = Config(display=DisplayConfig(tokens_to_show=5), explore=ExploreConfig(prefetch=prefetch))
+    ex = Explorer(store, sid, config=config, engine=engine)
+    ex.run_jobs_inline()
+    return ex
+
+
+def _run_prefetches(ex) -> int:
+    n = 0
+    while (task := ex.take_prefetch()) is not None:
+        task.finish(task.run())
+        n += 1
+    return n
+
+
+def test_the_selected_candidate_first_then_by_rank(store):
+    engine = FakeEngine()
+    ex = _explorer(store, engine)
+    rows = ex.snapshot().candidates
+    ex.cursor(2)  # select the third candidate
+    order = []
+    while (task := ex.take_prefetch()) is not None:
+        order.append(task)
+        task.finish(task.run())
+    assert len(order) == 3
+    # The third candidate's child came first: appending it finds its output cached.
+    before = engine.forward_passes
+    ex.append()
+    snap = ex.snapshot()
+    assert not snap.waiting and ex.take_job() is None  # shown at once, nothing to compute
+    assert engine.forward_passes == before
+    assert snap.prompt[-1].token_id == rows[2].token_id
+    assert ex.prefetched == 3
+
+
+def test_prefetched_outputs_are_cache_rows_never_events(store):
+    engine = FakeEngine()
+    ex = _explorer(store, engine)
+    events = len(store.events(ex.session_id))
+    assert _run_prefetches(ex) == 3
+    assert len(store.events(ex.session_id)) == events
+    assert _run_prefetches(ex) == 0  # all cached: nothing asked twice
+
+
+def test_off_when_zero(store):
+    ex = _explorer(store, FakeEngine(), prefetch=0)
+    assert ex.take_prefetch() is None
+
+
+def test_a_local_model_prefetches_only_when_idle(store):
+    engine = FakeEngine()
+    ex = _explorer(store, engine)
+    ex.append()
+    assert ex.take_job() is not None  # the append's own step is in flight
+    assert ex.take_prefetch() is None  # so nothing speculative is started beside it
+
+
+def test_a_server_keeps_several_in_flight(store):
+    engine = FakeEngine()
+    engine.capabilities = Capabilities(parallel=3)
+    ex = _explorer(store, engine)
+    tasks = [ex.take_prefetch() for _ in range(4)]
+    assert all(tasks[:3]) and tasks[3] is None
+
+
+def test_an_append_during_a_prefetch_waits_for_at_most_that_step(store):
+    """A threaded worker, a model that holds each call until released: the append's job is
+    handed over at once, right behind the one prefetch step in flight, never behind more."""
+    gate = threading.Event()
+    engine = FakeEngine(gate=gate)
+    ex = _explorer(store, FakeEngine())  # the session's first outputs, unblocked
+    ex.attach_engine(engine)
+    worker = Worker()
+    try:
+        prefetch = ex.take_prefetch()
+        worker.submit(prefetch)  # running, held by the gate
+        assert ex.take_prefetch() is None  # one at a time on a local model
+        ex.cursor(1)  # not the candidate being prefetched: its own step is needed
+        ex.append()
+        task = ex.take_job()
+        assert task is not None  # not held back by the prefetch
+        worker.submit(task)
+        assert worker.pending == 2
+        gate.set()
+        deadline = time.monotonic() + 10
+        while worker.pending and time.monotonic() < deadline:
+            worker.deliver()
+            time.sleep(0.01)
+        assert engine.forward_passes == 2  # the prefetch's step, then the append's
+        assert not ex.snapshot().waiting
+    finally:
+        gate.set()
+        worker.shutdown()
+
+
+def test_an_append_of_the_candidate_being_prefetched_reuses_it(store):
+    engine = FakeEngine()
+    ex = _explorer(store, engine)
+    prefetch = ex.take_prefetch()  # the selected (top) candidate's child
+    ex.append()  # that very candidate
+    assert ex.take_job() is None  # no second computation of the same node
+    prefetch.finish(prefetch.run())
+    assert not ex.snapshot().waiting
