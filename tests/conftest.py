@@ -59,3 +59,21 @@ def tokentree_home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "home"
     monkeypatch.setenv("TOKENTREE_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_models, tmp_path_factory) -> Path:
+    """The tiny Qwen2 model converted to an F32 GGUF by llama.cpp's converter (gguf_model.py)."""
+    from gguf_model import convert
+
+    return convert(tiny_models["qwen2"], tmp_path_factory.mktemp("gguf") / "tiny-qwen2-f32.gguf")
+
+
+@pytest.fixture(scope="session")
+def llama_server(tiny_gguf, tmp_path_factory):
+    """A real llama-cpp-python OpenAI-compatible server serving the tiny GGUF on loopback."""
+    from llama_server import LlamaServer
+
+    server = LlamaServer(tiny_gguf, tmp_path_factory.mktemp("server") / "server.log").start()
+    yield server
+    server.stop()

@@ -36,6 +36,7 @@ class FakeEngine:
         self.loaded = loaded or FakeLoaded()
         self.info = self.loaded  # the ModelInfo fields
         self.top_k = top_k
+        self.vocab_size = self.loaded.vocab_size  # ids 0 .. vocab_size-1 (as Backend.vocab_size)
         self.forward_passes = 0
         self.analyze_calls = 0
         self.step_analysis_calls = 0  # step_with_analysis: a step and its analysis in one pass

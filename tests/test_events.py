@@ -43,6 +43,13 @@ GROUPED = [
     ev.Undo(target_seqs=(9, 8, 6), target_type=ev.TOKEN_APPENDED),
 ]
 
+CONSTRAINTS = [
+    ev.ConstraintSet(branch_id=1, name="iso_date", pattern="[0-9]{4}", depth=3),
+    ev.ConstraintSet(branch_id=1, name="b", pattern="b+", depth=4, prev_name="iso_date", prev_pattern="[0-9]{4}",
+                     prev_depth=3, group=7),
+    ev.ConstraintCleared(branch_id=1, name="b", pattern="b+", depth=4),
+]
+
 
 @pytest.fixture
 def store(tmp_path):
@@ -52,9 +59,9 @@ def store(tmp_path):
 
 
 def test_every_event_class_round_trips_through_its_name():
-    assert {type(s) for s in SAMPLES} == set(ev.EVENT_CLASSES.values())
+    assert {type(s) for s in SAMPLES + CONSTRAINTS} == set(ev.EVENT_CLASSES.values())
     assert len(ev.EVENT_CLASSES) == len(ev.TYPE_NAMES)  # one class per name, one name per class
-    for data in SAMPLES + GROUPED:
+    for data in SAMPLES + GROUPED + CONSTRAINTS:
         name = ev.type_name(data)
         assert ev.event_class(name) is type(data)
         stored = ev.load_payload(ev.dump_payload(ev.to_payload(data)))
@@ -110,7 +117,8 @@ V1_ROWS = [
 
 
 def test_v1_payloads_read_back_exactly_as_before():
-    assert {name for name, _text, _data in V1_ROWS} == ev.EVENT_TYPES - {ev.BRANCH_RENAMED, ev.SAMPLES_DRAWN}
+    assert {name for name, _text, _data in V1_ROWS} == ev.EVENT_TYPES - {
+        ev.BRANCH_RENAMED, ev.SAMPLES_DRAWN, ev.CONSTRAINT_SET, ev.CONSTRAINT_CLEARED}
     for name, text, data in V1_ROWS:
         stored = ev.load_payload(text)
         assert ev.decode(name, stored) == data, name

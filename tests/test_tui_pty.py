@@ -233,3 +233,22 @@ def test_wide_characters_keep_the_right_border_at_80x24(tmp_path, tiny_model, mo
     check("after a pop")
     term.keys(CTRL_Q)
     assert term.finish() == 0
+
+
+def test_new_session_shows_its_prompt_while_the_model_loads(tmp_path, tiny_models):
+    """The quick start: the prompt is on screen, as text, while the status line still says the
+    model is loading (its tokenizer was read without torch); then the table fills in and keys
+    work. The Llama-style model adds a BOS token, read the same way."""
+    import re
+
+    prompt = tmp_path / "story.txt"
+    prompt.write_text("Caf\u00e9 \u65e5\u672c, once upon a time", encoding="utf-8")
+    term = Terminal(["--model", str(tiny_models["llama"]), "--input", str(prompt)], tmp_path)
+    early = term.wait_for("Caf\u00e9 \u65e5\u672c, once upon a time", "loading")
+    assert " idle " not in early and not re.search(r"next token \u00b7 [1-9]", early)
+    filled = term.wait_for(" idle ", "next token \u00b7 ")
+    assert re.search(r"next token \u00b7 [1-9]\d* shown", filled), filled
+    assert "failed" not in filled
+    term.keys(RIGHT, settle="+1 ")
+    term.keys(CTRL_Q)
+    assert term.finish() == 0

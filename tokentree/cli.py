@@ -30,11 +30,27 @@ def build_app_parser() -> argparse.ArgumentParser:
     parser.add_argument("-i", "--input", action="append", metavar="FILE", default=[],
                         help="prompt file; repeat for several root prompts (default: [prompt] example_prompt)")
     parser.add_argument("--model", metavar="NAME_OR_PATH", help="Hugging Face model name or local directory")
+    parser.add_argument("--server", metavar="URL",
+                        help="explore a model on an OpenAI-compatible server (vLLM, SGLang, llama.cpp); "
+                             "--model names the served model")
+    parser.add_argument("--tokenizer", metavar="NAME_OR_PATH",
+                        help="with --server: the served model's Hugging Face tokenizer, for servers "
+                             "without /tokenize or a vocabulary size")
     parser.add_argument("--device", help="torch device (default: cuda, then mps, then cpu)")
-    parser.add_argument("--bf16", action="store_true", help="load the model in bfloat16")
+    # Plain strings, checked by lm/options.py: a bad value is one line, like a bad config value.
+    parser.add_argument("--device-map", metavar="auto|none",
+                        help="shard the model over every GPU, then CPU memory, then disk (accelerate); "
+                             "also balanced, balanced_low_0, sequential (default: [model] device_map)")
+    parser.add_argument("--dtype", metavar="float32|bfloat16|float16",
+                        help="weights' dtype; the analysis math is float32 (default: [model] dtype)")
+    parser.add_argument("--bf16", action="store_true", help="load the model in bfloat16 (= --dtype bfloat16)")
     parser.add_argument("--layer_prob", "--layer-prob", dest="layer_prob", action="store_true",
                         help="enable per-layer predictions (logit lens)")
     parser.add_argument("--resume", metavar="last|ID", help="reopen a session")
+    parser.add_argument("--compare-model", metavar="NAME_OR_URL",
+                        help="a second model with the same tokenizer: its probability of each candidate, "
+                             "KL and TV at the node, a disagreement view (a local model, a .gguf file, "
+                             "a server URL, or with --server another model it serves)")
     _add_common(parser, config=True)
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow model code from the hub to run (off by default)")
@@ -62,7 +78,12 @@ def build_sub_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", "-f", choices=tuple(FORMATS), default="text")
     export.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     export.add_argument("--ascii", action="store_true", help="ASCII tree lines instead of box drawing")
+    export.add_argument("--top", type=int, metavar="N",
+                        help="json: at most N candidates per node (default: all that are cached)")
     export.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    export.add_argument("--diff", nargs=2, metavar=("A", "B"),
+                        help="instead of the tree: branches A and B (names or ids) token by token from "
+                             "their fork point, with log-probabilities, differences and totals (text)")
     _add_common(export)
 
     db = sub.add_parser("db", help="database maintenance")
@@ -169,7 +190,15 @@ def run_export(store, args: argparse.Namespace) -> int:
     out = Path(args.output).expanduser() if args.output else None
     if out is not None and not args.force and _existing_file(out):  # before the work, and again below
         raise TokentreeError(f"{out} already exists; use --force to overwrite it")
-    text = export_session(store, resolve_session(store, args.session), args.format, ascii=args.ascii)
+    if args.diff:
+        from tokentree.export.diff import export_diff
+
+        if args.format != "text":
+            raise TokentreeError(f"--diff prints a text table; --format {args.format} does not apply to it")
+        text = export_diff(store, resolve_session(store, args.session), *args.diff)
+    else:
+        text = export_session(store, resolve_session(store, args.session), args.format, ascii=args.ascii,
+                              top=args.top)
     if out is not None:
         # "x" (O_EXCL) unless --force: never overwrite a file that appeared meanwhile. A device
         # or pipe (/dev/stdout, a FIFO) is not a file to protect: written as is.

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 GLOBAL = "global"  # everywhere, also over the help overlay
 EXPLORER = "explorer"  # the main screen
 TEXT = "text"  # a text field: printable keys type; text commands and global ctrl-keys run
-CONTEXTS = (GLOBAL, EXPLORER, TEXT)
+PICKER = "picker"  # a picker or a view over the screen (compare): its commands and global ones run
+CONTEXTS = (GLOBAL, EXPLORER, TEXT, PICKER)
 
 # Targets: the object whose method handles the command.
 TARGETS = ("explorer", "app")
@@ -114,6 +115,20 @@ COMMANDS: tuple[Command, ...] = (
             target="explorer", method="toggle_sampler"),
     Command("cancel", ("esc",), "cancel a running fill",
             target="explorer", method="cancel"),
+    Command("toggle_constraint", ("r",), "regex constraint on or off: only tokens that keep the text "
+            "matching it (from here)", target="explorer", method="toggle_constraint"),
+    Command("cycle_constraint", ("R",), "next regex constraint (prompts/structs/*.txt, [structs]); "
+            "while one is on, it takes its place", target="explorer", method="cycle_constraint"),
+    Command("compare", ("c",), "compare the branch with another, token by token (pick it, enter)",
+            target="app", method="open_compare"),
+    Command("pick_up", ("up", "k", "w"), "picker: previous item; a view: scroll up",
+            target="app", method="pick_move", args=(-1,), context=PICKER),
+    Command("pick_down", ("down", "j", "s"), "picker: next item; a view: scroll down",
+            target="app", method="pick_move", args=(1,), context=PICKER),
+    Command("pick_commit", ("enter",), "picker: choose the item; a view: close it",
+            target="app", method="pick_commit", context=PICKER),
+    Command("pick_cancel", ("esc",), "picker or view: close it",
+            target="app", method="pick_cancel", context=PICKER),
     Command("text_commit", ("enter",), "text field: commit",
             target="app", method="commit_text", context=TEXT),
     Command("text_cancel", ("esc",), "text field: cancel",

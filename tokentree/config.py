@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from tokentree.errors import ConfigError
+from tokentree.lm.options import DEVICE_MAPS, DTYPES, NO_DEVICE_MAP
 from tokentree.paths import user_config_path
 
 
@@ -23,6 +24,11 @@ class ModelConfig:
     # Prompt tokens per forward call when a prompt is read: bounds its memory (a call holds
     # chunk x vocabulary logits) without a second pass.
     prefill_chunk: int = 512
+    # Weights and activations; the analysis math is float32 whatever this is.
+    dtype: str = "float32"
+    # "none": the whole model on one device (--device). "auto": shard it over every GPU, then
+    # CPU memory, then disk (accelerate); --device-map on the command line wins.
+    device_map: str = NO_DEVICE_MAP
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,9 @@ class ExploreConfig:
     sample_count: int = 4
     # A fork point: a node whose normalized entropy (H / log |V|) is above this.
     fork_entropy: float = 0.3
+    # Candidates whose children are computed ahead while you read the table (the selected
+    # one first, then by rank); on a server also the requests kept in flight. 0 = off.
+    prefetch: int = 4
 
 
 @dataclass(frozen=True)
@@ -61,14 +70,38 @@ class SamplingConfig:
 
 
 @dataclass(frozen=True)
+class ServerConfig:
+    """An OpenAI-compatible completion server (`--server URL`): vLLM, SGLang, llama.cpp."""
+
+    url: str = ""  # empty: explore a local model
+    model: str = ""  # the served model id; empty: the server's only model
+    top_logprobs: int = 20  # candidates asked per request (vLLM needs --max-logprobs >= this)
+    timeout: float = 30.0  # seconds per request
+    api_key_env: str = ""  # the NAME of an environment variable holding the API key (never the key)
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    """A GGUF model through llama.cpp in this process (`--model FILE.gguf`)."""
+
+    threads: int = 0  # 0: the machine's physical cores
+    # KV cells shared by every cached branch; 0: the model's trained context (memory grows with it).
+    n_ctx: int = 8192
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     display: DisplayConfig = field(default_factory=DisplayConfig)
     explore: ExploreConfig = field(default_factory=ExploreConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    llama: LlamaConfig = field(default_factory=LlamaConfig)
     # command name -> keys; validated against the command registry by the TUI.
     keys: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    # regex constraint name -> pattern (r / R), beside prompts/structs/*.txt.
+    structs: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     source: Path | None = None
 
     @property
@@ -78,11 +111,15 @@ class Config:
 
 
 _SECTIONS = {"model": ModelConfig, "prompt": PromptConfig, "display": DisplayConfig,
-             "explore": ExploreConfig, "sampling": SamplingConfig}
+             "explore": ExploreConfig, "sampling": SamplingConfig, "server": ServerConfig,
+             "llama": LlamaConfig}
 _POSITIVE = {("display", "tokens_to_show"), ("display", "cache_size"), ("model", "prefill_chunk"),
-             ("explore", "fill_tokens"), ("explore", "sample_count")}
+             ("explore", "fill_tokens"), ("explore", "sample_count"), ("server", "top_logprobs")}
 # (section, key) -> (accepts the value, what it must be): checked after the type.
 _RANGES = {
+    ("model", "dtype"): (lambda v: v in DTYPES, "one of " + ", ".join(f'"{d}"' for d in DTYPES)),
+    ("model", "device_map"): (lambda v: v in (NO_DEVICE_MAP, *DEVICE_MAPS),
+                              "one of " + ", ".join(f'"{d}"' for d in (NO_DEVICE_MAP, *DEVICE_MAPS))),
     ("explore", "fill_stop"): (lambda v: v in ("eos", "line"), '"eos" or "line"'),
     ("explore", "fork_entropy"): (lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
     ("sampling", "temperature"): (lambda v: 0.0 < v < math.inf, "a number > 0"),
@@ -90,6 +127,10 @@ _RANGES = {
     ("sampling", "top_p"): (lambda v: 0.0 < v <= 1.0, "a number in (0, 1] (1 = off)"),
     ("sampling", "min_p"): (lambda v: 0.0 <= v < 1.0, "a number in [0, 1) (0 = off)"),
     ("sampling", "seed"): (lambda v: v >= -1, "an integer >= 0, or -1 for a fresh seed per draw"),
+    ("server", "timeout"): (lambda v: 0.0 < v < math.inf, "a number of seconds > 0"),
+    ("llama", "threads"): (lambda v: v >= 0, "an integer >= 0 (0 = the physical cores)"),
+    ("llama", "n_ctx"): (lambda v: v >= 0, "an integer >= 0 (0 = the model's trained context)"),
+    ("explore", "prefetch"): (lambda v: v >= 0, "an integer >= 0 (0 = off)"),
 }
 
 
@@ -123,17 +164,21 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
     where = f"{source}: " if source else ""
     sections: dict[str, Any] = {}
     keys: dict[str, tuple[str, ...]] = {}
+    structs: dict[str, str] = {}
     for name, value in raw.items():
         if name == "keys":
             keys = _parse_keys(value, where)
             continue
+        if name == "structs":
+            structs = _parse_structs(value, where)
+            continue
         cls = _SECTIONS.get(name)
         if cls is None:
-            raise ConfigError(f"{where}unknown section [{name}] (known: {', '.join([*_SECTIONS, 'keys'])})")
+            raise ConfigError(f"{where}unknown section [{name}] (known: {', '.join([*_SECTIONS, 'keys', 'structs'])})")
         if not isinstance(value, dict):
             raise ConfigError(f"{where}[{name}] must be a table")
         sections[name] = _parse_section(name, cls, value, where)
-    return Config(**sections, keys=MappingProxyType(keys), source=source)
+    return Config(**sections, keys=MappingProxyType(keys), structs=MappingProxyType(structs), source=source)
 
 
 def _parse_section(section: str, cls: type, values: Mapping[str, Any], where: str) -> Any:
@@ -158,6 +203,28 @@ def _parse_section(section: str, cls: type, values: Mapping[str, Any], where: st
             raise ConfigError(f"{where}{section}.{key} must be {check[1]}, got {value!r}")
         kwargs[key] = value
     return cls(**kwargs)
+
+
+def _parse_structs(value: Any, where: str) -> dict[str, str]:
+    """[structs]: name = "regular expression". Names and Python-`re` syntax are checked here;
+    whether llguidance compiles a pattern is said when the constraints are listed (r / R)."""
+    from tokentree.constraints import ConstraintError
+    from tokentree.constraints.catalog import check_name, check_pattern
+
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}[structs] must be a table of name = 'regular expression'")
+    out: dict[str, str] = {}
+    for name, pattern in value.items():
+        if not isinstance(pattern, str):
+            raise ConfigError(f"{where}structs.{name} must be a regular expression (text), "
+                              f"got {type(pattern).__name__} {pattern!r}")
+        try:
+            check_name(name)
+            check_pattern(pattern, syntax_only=True)
+        except ConstraintError as exc:
+            raise ConfigError(f"{where}structs.{name}: {exc}") from None
+        out[name] = pattern
+    return out
 
 
 def _parse_keys(value: Any, where: str) -> dict[str, tuple[str, ...]]:

@@ -1,23 +1,29 @@
 """Start the explorer: a new session from prompt files, or a resumed one.
 
 The order matters for "never lose data, never write on bad input": config and prompt files
-are checked before the database is opened, and the model is loaded (and the prompts
-tokenized and checked against its context) before a session is written.
+are checked before the database is opened, and the prompts are tokenized and checked against
+the model's context before a session is written. A new session reads the tokenizer from the
+model's files without torch (lm/quick_tokens.py), so its prompt is on screen at once while
+the model loads in the background; where that cannot be done, the model loads first.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from pathlib import Path
 
 from tokentree.config import Config, load_config
-from tokentree.errors import ConfigError, InputError
+from tokentree.errors import ConfigError, InputError, ModelLoadError
 from tokentree.logs import setup_logging
 from tokentree.paths import db_path
 from tokentree.prompts import default_prompt_path, read_prompt
 from tokentree.sessions import resolve_session
 
+log = logging.getLogger(__name__)
+QUICK_START_ENV = "TOKENTREE_QUICK_START"  # "0": load the model before the first screen
 
 TERMINAL_NEEDED = ("the explorer needs a terminal (stdin and stdout must be a tty); "
                    "use `tokentree export` for scripts")
@@ -37,6 +43,9 @@ def require_terminal() -> None:
 
 def launch(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    from tokentree.lm.options import model_options
+
+    model_options(args, config.model)  # a bad --dtype / --device-map: one line now, before any write
     from tokentree.tui.keymap import build_keymap
 
     try:
@@ -58,32 +67,93 @@ def _new_session(args: argparse.Namespace, config: Config, db: Path) -> int:
     paths = [Path(p) for p in args.input] or [default_prompt_path(config.prompt.example_prompt)]
     texts = [read_prompt(p) for p in paths]
     require_terminal()  # after the inputs' own checks, before anything is written or loaded
+    model_name = requested_model(args, config)
+    quick = _quick_model(args, config, model_name)
 
     from tokentree.store import Store
 
     store = Store.open(db)
     try:
-        engine = _load_engine(args, config, args.model or config.model.name)
-        prompts = []
-        for path, text in zip(paths, texts):
-            tokens = engine.encode(text)
-            if not tokens:
-                raise InputError(f"prompt tokenizes to nothing: {path}")
-            limit = engine.loaded.context_length
-            if limit and len(tokens) >= limit:
-                raise InputError(
-                    f"prompt is {len(tokens)} tokens, the model's context is {limit}: {path}"
-                )
-            prompts.append((str(path), tokens))
-        session_id = _start_session(store, engine.loaded, prompts)
-        loaded = engine.loaded
-        explorer = _explorer(store, session_id, config, args, model_name=loaded.name)
-        explorer.attach_engine(engine)
+        load_engine = None
+        if quick is None:  # load first, then draw
+            engine = _load_engine(args, config, model_name)
+            prompts = _root_prompts(paths, texts, engine.encode, engine.info.context_length)
+            compare = prepare_compare(args, config, vocab_key=engine.info.vocab_key, session_model=engine.info.name)
+            session_id = _start_session(store, engine.info, prompts)
+            explorer = _explorer(store, session_id, config, args, model_name=engine.info.name)
+            explorer.attach_engine(engine)
+        else:  # draw now; the table fills in when the model has loaded
+            prompts = _root_prompts(paths, texts, quick.encode, quick.context_length)
+            compare = prepare_compare(args, config, vocab_key=quick.vocab_key, session_model=quick.name)
+            # The prompt's token bytes too, so it reads as text before the model is there.
+            store.put_token_bytes(quick.vocab_key, quick.token_bytes({i for _, ids in prompts for i in ids}))
+            session_id = _start_session(store, quick, prompts)
+            explorer = _explorer(store, session_id, config, args, model_name=quick.name)
+
+            def load_engine():
+                engine = _load_engine(args, config, model_name, quiet=True)
+                return _same_tokens(engine, list(zip(texts, prompts)))
+
+        if compare is not None:
+            compare.attach(explorer)
         from tokentree.tui.app import run_tui
 
-        return run_tui(explorer, config)
+        return run_tui(explorer, config, load_engine=load_engine)
     finally:
         store.close()
+
+
+def _root_prompts(paths, texts, encode, limit: int | None) -> list[tuple[str, list[int]]]:
+    """(source, ids) per prompt file; InputError for one that is empty in tokens or too long."""
+    prompts = []
+    for path, text in zip(paths, texts):
+        tokens = encode(text)
+        if not tokens:
+            raise InputError(f"prompt tokenizes to nothing: {path}")
+        if limit and len(tokens) >= limit:
+            raise InputError(f"prompt is {len(tokens)} tokens, the model's context is {limit}: {path}")
+        prompts.append((str(path), tokens))
+    return prompts
+
+
+def _quick_model(args: argparse.Namespace, config: Config, model_name: str):
+    """The model's tokenizer, fingerprint and context read from its files without torch, or
+    None where that cannot be done (a server, a GGUF file, model code, a model not in the
+    cache, a tokenizer not reproduced there, TOKENTREE_QUICK_START=0): then it loads first.
+    So does an explicit --device other than cpu: only torch can say it is there, and a bad
+    one must be refused before a session is written."""
+    if os.environ.get(QUICK_START_ENV, "").strip() == "0":
+        return None
+    if getattr(args, "server", None) or config.server.url or args.trust_remote_code or not model_name:
+        return None
+    if getattr(args, "device", None) not in (None, "cpu"):
+        return None
+    from tokentree.lm.options import model_options
+    from tokentree.lm.quick_tokens import NotQuick, quick_model
+
+    try:
+        return quick_model(model_name, dtype=model_options(args, config.model).dtype)
+    except NotQuick as exc:
+        log.info("model %s loads before the first screen: %s", model_name, exc)
+        return None
+
+
+def _same_tokens(engine, prompts: list[tuple[str, tuple[str, list[int]]]]):
+    """The loaded model, if its own tokenizer gives the ids the session was started with and
+    its context holds them; else ModelLoadError, which the status line shows while the engine
+    is dropped: no numbers are ever recorded for ids the model would not have made."""
+    limit = engine.info.context_length
+    for text, (source, tokens) in prompts:
+        if engine.encode(text) != tokens:
+            problem = f"its own tokenizer splits {source} differently than the quick start did"
+        elif limit and len(tokens) >= limit:
+            problem = f"{source} is {len(tokens)} tokens, the model's context is {limit}"
+        else:
+            continue
+        engine.close()
+        raise ModelLoadError(f"{problem}; this session can be browsed, not extended "
+                             f"({QUICK_START_ENV}=0 loads the model before the first screen)")
+    return engine
 
 
 def branch_names(sources: list[str]) -> list[str]:
@@ -133,11 +203,23 @@ def _resume(args: argparse.Namespace, config: Config, db: Path) -> int:
         def load_engine():
             return _load_engine(args, config, model_name, quiet=True)
 
+        _download_first(args, config, model_name)  # its progress shows before the screen opens
+        compare = prepare_compare(args, config, vocab_key=info.vocab_key, session_model=info.model_name)
+        if compare is not None:
+            compare.attach(explorer)
         from tokentree.tui.app import run_tui
 
         return run_tui(explorer, config, load_engine=load_engine)
     finally:
         store.close()
+
+
+def prepare_compare(args: argparse.Namespace, config: Config, *, vocab_key: str, session_model: str):
+    """--compare-model, checked against the session's vocabulary (compare_model.py)."""
+    from tokentree.compare_model import prepare_compare as prepare
+
+    return prepare(args, config, vocab_key=vocab_key, session_model=session_model, load_engine=_load_engine,
+                   quick_model=_quick_model)
 
 
 def _explorer(store, session_id: int, config: Config, args: argparse.Namespace, *, model_name: str):
@@ -146,14 +228,57 @@ def _explorer(store, session_id: int, config: Config, args: argparse.Namespace, 
     return Explorer(store, session_id, config=config, layer_prob=args.layer_prob, model_name=model_name)
 
 
+def requested_model(args: argparse.Namespace, config: Config) -> str:
+    """The model a new session asks for: on a server the served id (empty: its only one)."""
+    if getattr(args, "server", None) or config.server.url:
+        return args.model or config.server.model
+    return args.model or config.model.name
+
+
 def _load_engine(args: argparse.Namespace, config: Config, model_name: str, *, quiet: bool = False):
+    server = getattr(args, "server", None) or config.server.url
+    if server:
+        return _connect_server(args, config, server, model_name, quiet=quiet)
+    from tokentree.lm.open import gguf_source
+
+    if gguf_source(model_name) is not None:  # a .gguf file or REPO:FILE.gguf: llama.cpp in process
+        from tokentree.lm.llama import open_gguf
+
+        return open_gguf(model_name, config, quiet=quiet)
     from tokentree.lm.engine import Engine
     from tokentree.lm.loader import load_model
+    from tokentree.lm.options import model_options
 
     if not quiet:
         print(f"tokentree: loading {model_name} ...", file=sys.stderr, flush=True)
-    loaded = load_model(model_name, device=args.device, bf16=args.bf16,
-                        trust_remote_code=args.trust_remote_code)
+    options = model_options(args, config.model)
+    loaded = load_model(model_name, device=args.device, dtype=options.dtype, device_map=options.device_map,
+                        trust_remote_code=args.trust_remote_code, progress=not quiet)
     return Engine(loaded, top_k=config.top_k, cache_size=config.display.cache_size,
                   prefill_chunk=config.model.prefill_chunk)
 
+
+def _download_first(args: argparse.Namespace, config: Config, model_name: str) -> None:
+    """A hub model missing from the cache downloads now, with its progress on stderr, before
+    the screen opens. A failure is left to the load behind the screen, which shows it there."""
+    if getattr(args, "server", None) or config.server.url:
+        return
+    from tokentree.errors import ModelLoadError
+    from tokentree.lm.download import download_model
+
+    try:
+        download_model(model_name, code=args.trust_remote_code)
+    except ModelLoadError:
+        pass
+
+
+def _connect_server(args: argparse.Namespace, config: Config, url: str, model_name: str, *, quiet: bool):
+    """The served model behind `url`; `model_name` empty: the server's only model."""
+    from tokentree.lm.server import connect
+
+    if not quiet:
+        print(f"tokentree: connecting to {url} ...", file=sys.stderr, flush=True)
+    cfg = config.server
+    return connect(url, model=model_name, top_logprobs=cfg.top_logprobs, timeout=cfg.timeout,
+                   api_key_env=cfg.api_key_env, tokenizer=getattr(args, "tokenizer", None),
+                   top_k=config.top_k, parallel=max(1, config.explore.prefetch))

@@ -22,6 +22,8 @@ from tokentree.errors import ModelLoadError, StaleCommand, TokentreeError
 from tokentree.prompts import save_prompt
 
 from . import jobs
+from .comparing import DISAGREEMENT, CompareCommands
+from .constraining import ConstraintCommands
 from .exploring import ExplorationCommands, _Fill, _Search
 from .planner import BytesJob, Job, OutputsJob, Planner, SampleJob, Wants
 from .prefetch import prefetch_jobs
@@ -34,7 +36,7 @@ log = logging.getLogger(__name__)
 _MAX_BACKOFF = 30.0  # seconds between retries of a server that stopped answering
 
 
-class Explorer(ExplorationCommands):
+class Explorer(ExplorationCommands, CompareCommands, ConstraintCommands):
     """One session being explored. All methods run on the UI thread."""
 
     def __init__(self, store, session_id: int, *, config, layer_prob: bool = False,
@@ -70,6 +72,7 @@ class Explorer(ExplorationCommands):
         self.prefetched = 0  # outputs a prefetch put in the cache (benchmarks report it)
         self._retry_at: float | None = None  # when a failed server request may be retried
         self._backoff = 0.0  # seconds; doubles on each transient failure, 0 after a success
+        self._init_constraints()  # regex constraints (r / R): their indexes and states
         if engine is not None:
             self.attach_engine(engine)
 
@@ -122,9 +125,11 @@ class Explorer(ExplorationCommands):
             if time.monotonic() < self._retry_at:
                 return None  # a server is down: wait out the back-off (the tree stays browsable)
             self._retry_at = None
+        if (task := self._constraint_task()) is not None:
+            return task  # a regex constraint's index, compiled once per pattern and vocabulary
         job, self._requested = self._requested or self._plan(), None
         if job is None:
-            return None
+            return self._compare_task()  # the compare model's work, after the main model's
         if isinstance(job, OutputsJob) and job.one_step and job.keys[-1] in self._prefetching:
             return None  # a prefetch is computing exactly this node: its result comes first
         engine = self.engine
@@ -204,6 +209,9 @@ class Explorer(ExplorationCommands):
             node = view.node(branch.node_id)
             rows = self._screen.candidate_rows(node)
         if not rows:
+            if (why := self._constraint_blocks()) is not None:
+                self.message = why  # the regex constraint allows none of the candidates
+                return
             if self.engine is None and self._in_flight is None:
                 self.message = "no candidates: the model is not loaded"
                 return
@@ -318,6 +326,8 @@ class Explorer(ExplorationCommands):
         if view == "influence" and caps is not None and not caps.influence:
             self.message = f"influence view: {caps.influence_note or 'not available for this model'}"
             view = PROMPT_VIEWS[(PROMPT_VIEWS.index(view) + 1) % len(PROMPT_VIEWS)]
+        if view == DISAGREEMENT and self.compare is None:
+            view = PROMPT_VIEWS[0]  # it needs --compare-model (it is the last view)
         self.prompt_view = view
 
     def cycle_layer_view(self) -> None:
@@ -388,7 +398,7 @@ class Explorer(ExplorationCommands):
 
     # ------------------------------------------------------------------ reads
     def snapshot(self, *, with_tree: bool = False) -> Snapshot:
-        snap = self._screen.snapshot(self._state(), with_tree=with_tree)
+        snap = self._compared(self._screen.snapshot(self._state(), with_tree=with_tree))
         self._version = snap.version  # what the user now sees: the next command is built from it
         return snap
 

@@ -77,7 +77,13 @@ class ExplorationCommands:
             if limit and node.depth >= limit:
                 self._end_fill(f"the model's context is full ({limit} tokens)")
                 return
-            token = out.next.top_ids[0]
+            token, why = self._fill_choice(node, out)  # the top candidate a regex constraint allows
+            if token is None:
+                if fill.done:
+                    self._end_fill(why)
+                else:
+                    self._fill, self.message = None, f"nothing to fill: {why}"
+                return
             group = fill.group if fill.group is not None else self._version + 1
             try:
                 self._command(self.store.append_token, branch.id, token, group=group)
@@ -102,6 +108,8 @@ class ExplorationCommands:
         settings, in the worker; each becomes a new branch ("sample 1", ...)."""
         if self.engine is None:
             self.message = "cannot sample yet: the model is not loaded"
+            return
+        if self._constraint_refuses_sampling():
             return
         self._fill = None
         view, explore, settings = self._view, self.config.explore, self.config.sampling

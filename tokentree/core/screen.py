@@ -99,6 +99,9 @@ class Screen:
         self._text = _PromptText()
         self._values = _PromptValues()
         self._visible: dict[int, str] = {}  # token id -> its table text
+        # A regex constraint: mask(node, out) -> what may follow the node, or None (none on).
+        # The Explorer sets it (core/constraining.py); see candidate_rows.
+        self.mask = None
 
     def model_changed(self) -> None:
         """Outputs are cached per fingerprint: forget every number computed from the old one."""
@@ -145,6 +148,7 @@ class Screen:
                 version=view.version(),
                 sampler=sampler,
                 search=state.search,
+                constraint=self._constraint_line(current, out),
             )
 
     def tree_lines(self):
@@ -171,7 +175,9 @@ class Screen:
     # ------------------------------------------------------------------ the candidate table
     def candidate_rows(self, node, layer_view: str = "off", out: NodeOutput | None = None,
                        analysis: Analysis | None = None) -> list[CandidateRow]:
-        """Top tokens_to_show next tokens, then explored children outside them."""
+        """Top tokens_to_show next tokens, then explored children outside them. Under a
+        regex constraint: only the tokens it allows, from the whole cached top K, with
+        `prob` renormalized over the allowed ones and `raw` the model's own."""
         view = self.view
         with view.reading():
             if out is None:
@@ -182,6 +188,13 @@ class Screen:
             if out is not None:
                 n = self.tokens_to_show
                 shown = [(r + 1, t, p) for r, (t, p) in enumerate(zip(out.next.top_ids[:n], out.next.top_probs[:n]))]
+            mask = self.mask(node, out) if self.mask is not None else None
+            if mask is not None and mask.filters:
+                shown = [(r + 1, t, p) for r, (t, p) in enumerate(zip(out.next.top_ids, out.next.top_probs))
+                         if mask.allows(t)][: self.tokens_to_show] if out is not None else []
+                children = {t: c for t, c in children.items() if mask.allows(t)}
+            else:
+                mask = None
             in_table = {t for _, t, _ in shown}
             extra = [c for t, c in children.items() if t not in in_table]
             if extra:
@@ -197,14 +210,19 @@ class Screen:
         rows = []
         for k, (rank, token, prob) in enumerate(shown):
             child = children.get(token)
-            rows.append(CandidateRow(
+            row = CandidateRow(
                 rank=rank, token_id=token,
                 text=self._visible_text(token, pieces),
                 prob=prob, explored=child is not None,
                 subtree=sizes.get(child.id, 0) + 1 if child is not None else 0,
                 layers=lens[k] if lens else None,
-            ))
+            )
+            rows.append(row if mask is None else replace(row, prob=mask.renormalized(prob), raw=prob))
         return rows
+
+    def _constraint_line(self, node, out):
+        mask = self.mask(node, out) if self.mask is not None else None
+        return mask.line if mask is not None else None
 
     def _visible_text(self, token: int, pieces: dict[int, bytes]) -> str:
         text = self._visible.get(token)

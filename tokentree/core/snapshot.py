@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tokentree.core.compare import Divergence
 from tokentree.tree.outline import TreeLine
 
-PROMPT_VIEWS = ("plain", "probability", "entropy", "influence")
+# "disagreement" (|Δ log p| between two models) is offered only with a compare model: keep it last.
+PROMPT_VIEWS = ("plain", "probability", "entropy", "influence", "disagreement")
 LAYER_VIEWS = ("off", "layer", "layer_norm")
 
 
@@ -36,6 +38,13 @@ class CandidateRow:
     # With the sampler column on: the probability a sampler with the [sampling] settings
     # gives this candidate (renormalized over the survivors); None when filtered out or off.
     sampled: float | None = None
+    # With a compare model (--compare-model): this token's probability under it; with
+    # `compare_bound` an upper bound (the token is outside its cached top K).
+    compare: float | None = None
+    compare_bound: bool = False
+    # Under a regex constraint `prob` is renormalized over the allowed candidates and this is
+    # the model's own probability; None without a constraint.
+    raw: float | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,34 @@ class Status:
 
 
 @dataclass(frozen=True)
+class CompareInfo:
+    """The compare model at the focused node (core/compare.py says what is exact)."""
+
+    model: str
+    loading: bool  # its engine is not attached yet (numbers may still come from the cache)
+    failed: str | None  # why it is not available
+    waiting: bool  # no output of it at this node yet
+    divergence: Divergence | None  # KL(main ‖ compare) and TV, when both outputs are known
+
+
+@dataclass(frozen=True)
+class ConstraintLine:
+    """The focused branch's regex constraint (r / R) at the focused node, as the status bar
+    and the table say it (core/constraining.py computes it)."""
+
+    name: str
+    # "live", "complete", "dead" (tokentree.constraints); "off": picked with R, not switched on;
+    # "before": the branch is above where it was switched on; "compiling"; "failed" (see note).
+    status: str
+    filters: bool = False  # the table lists only the tokens it allows
+    allowed: int | None = None  # allowed candidates among the cached top K (None: not computed yet)
+    top_k: int | None = None  # candidates cached at the node
+    vocab_allowed: int | None = None  # tokens of the whole vocabulary it allows
+    can_continue: bool = False  # some text token may follow (a complete e-mail can grow)
+    note: str | None = None
+
+
+@dataclass(frozen=True)
 class Snapshot:
     prompt: tuple[PromptToken, ...]
     prompt_view: str
@@ -89,3 +126,5 @@ class Snapshot:
     version: int = 0  # the session's event version this was built from (commands carry it)
     sampler: str | None = None  # the sampler column's settings when it is on ("T 0.7 · top-p 0.9")
     search: str | None = None  # the active search, e.g. 'search "cat": match 2 of 5'
+    compare: CompareInfo | None = None  # the compare model's state and numbers (None: none)
+    constraint: ConstraintLine | None = None  # the regex constraint (None: none on, none picked)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 
-from tokentree.export.loader import ExportTree, gc_paused
+from tokentree.export.loader import ExportTree, constraint_state, gc_paused
 from tokentree.tree.text import decode, shown_bytes, token_text
 
 FORMAT_NAME = "tokentree-export"
@@ -38,6 +38,8 @@ def render_json(tree: ExportTree, *, top_k: int | None = None) -> str:
         branches.append(
             {"id": b.id, "name": b.name, "focused": b.focused, "token_ids": list(b.token_ids), "text": decode(data)}
         )
+        if b.constraint is not None:  # the regex constraint in force (r), and where the text stands
+            branches[-1]["constraint"] = {**b.constraint, "state": constraint_state(b, by_id)}
     lines = [
         "{",
         f'"format": {dump(FORMAT_NAME)},',

@@ -70,6 +70,9 @@ class ExportBranch:
     root_node_id: int  # the last node of its root prompt
     node_ids: tuple[int, ...]  # root .. tip
     token_ids: tuple[int, ...]
+    # The regex constraint in force on the branch (r): name, pattern and the depth it was
+    # switched on at (it covers the tokens after it); None: none.
+    constraint: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ def load_export_tree(store, session_id: int, *, with_top: bool = True) -> Export
     fingerprint = info.fingerprint
     vocab_key = info.vocab_key
     branches = store.branches(session_id)
+    constraints = store.constraints(session_id)
 
     raw: dict[int, Any] = {n.id: n for n in store.session_nodes(session_id)}
     # Every branch path must be present; session_nodes should already contain it, but a
@@ -177,6 +181,7 @@ def load_export_tree(store, session_id: int, *, with_top: bool = True) -> Export
                 root_node_id=branch.root_node_id,
                 node_ids=tuple(n.id for n in path),
                 token_ids=tuple(n.token_id for n in path),
+                constraint=_constraint(constraints.get(branch.id)),
             )
         )
     export_branches.sort(key=lambda b: (b.position, b.id))
@@ -192,6 +197,38 @@ def load_export_tree(store, session_id: int, *, with_top: bool = True) -> Export
     return ExportTree(
         session=session, model=model, branches=tuple(export_branches), nodes=tuple(nodes), pieces=pieces
     )
+
+
+def _constraint(rule) -> dict[str, Any] | None:
+    if rule is None:
+        return None
+    return {"name": rule.name, "pattern": rule.pattern, "after_depth": rule.depth}
+
+
+def constraint_text(branch: ExportBranch, by_id: Mapping[int, ExportNode]) -> bytes | None:
+    """The bytes the branch's constraint covers (its tokens after `after_depth`); None
+    without a constraint or when a token's bytes are not known."""
+    if branch.constraint is None:
+        return None
+    pieces = [by_id[i].piece if i in by_id else None for i in branch.node_ids[branch.constraint["after_depth"]:]]
+    return None if any(p is None for p in pieces) else b"".join(pieces)
+
+
+def constraint_state(branch: ExportBranch, by_id: Mapping[int, ExportNode]) -> str | None:
+    """live, complete or dead for the branch's text since its constraint was switched on
+    (walked byte by byte: no model vocabulary needed); None when unknown or there is none."""
+    if branch.constraint is not None and len(branch.node_ids) < branch.constraint["after_depth"]:
+        return "before"  # the branch was moved above where it was switched on
+    data = constraint_text(branch, by_id)
+    if data is None:
+        return None
+    from tokentree.constraints import ConstraintError
+    from tokentree.constraints.index import text_status
+
+    try:
+        return text_status(branch.constraint["pattern"], data)
+    except ConstraintError:
+        return None
 
 
 def _path(by_id: Mapping[int, ExportNode], node_id: int) -> list[ExportNode]:

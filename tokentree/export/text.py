@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tokentree.export.layout import Prompt, Segment, root_prompts, segments
-from tokentree.export.loader import ExportNode, ExportTree, gc_paused
+from tokentree.export.loader import ExportNode, ExportTree, constraint_state, gc_paused
 from tokentree.export.numbers import fmt_prob, nodes_logp, plural
 from tokentree.tree.segments import Style
 from tokentree.tree.text import label, show_controls, shown_bytes
@@ -49,6 +49,20 @@ def _prompt_block(seg: Segment, prompts: list[Prompt]) -> tuple[list[str], str |
     return lines, None
 
 
+def constraint_lines(tree: ExportTree) -> list[str]:
+    """One line per branch with a regex constraint (r): its name, pattern, where it starts
+    and where the branch's text stands (live, complete, dead)."""
+    by_id = {n.id: n for n in tree.nodes}
+    lines = []
+    for b in tree.branches:
+        if b.constraint is not None:
+            c = b.constraint
+            state = constraint_state(b, by_id) or "state unknown"
+            lines.append(f"regex {c['name']} on [{show_controls(b.name)}{'*' if b.focused else ''}] after token "
+                         f"{c['after_depth']}: {state}  /{show_controls(c['pattern'])}/")
+    return lines
+
+
 @gc_paused()
 def render_text(tree: ExportTree, *, ascii: bool = False) -> str:
     """Each root prompt verbatim, then its tree: one line per segment between fork points.
@@ -66,6 +80,7 @@ def render_text(tree: ExportTree, *, ascii: bool = False) -> str:
         f"session {s['id']}, {tree.model['name']}, "
         f"{plural(len(tree.branches), 'branch', 'branches')}, {plural(len(tree.nodes), 'node', 'nodes')}"
     ]
+    out += constraint_lines(tree)
     under: dict[int, list[Prompt]] = {}  # tree root node id -> the prompts that start there
     for prompt in root_prompts(tree):
         under.setdefault(prompt.nodes[0].id, []).append(prompt)

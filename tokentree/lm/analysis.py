@@ -131,8 +131,9 @@ def logit_lens(
     `output_hidden_states` returns it), so the norm is applied to all but the last.
     Returns [layers, len(ids)] in float32.
     """
-    states = torch.stack([h.reshape(-1) for h in hidden])
-    normed = torch.cat([norm(states[:-1]), states[-1:]]) if len(hidden) > 1 else states
+    # One device for all: with a device map, each layer's state is where that layer ran.
+    states = torch.stack([h.reshape(-1).to(hidden[-1].device) for h in hidden])
+    normed = torch.cat([norm(states[:-1]).to(states.device), states[-1:]]) if len(hidden) > 1 else states
     probs = torch.softmax(head(normed)[..., :vocab].float(), dim=-1)
     return probs[:, list(ids)]
 
@@ -147,7 +148,7 @@ def lens_error(last_hidden: torch.Tensor, logits: torch.Tensor, head, vocab: int
     even in bfloat16; soft-capping or any other change to the logits shows as a difference."""
     lens = torch.softmax(head(last_hidden)[..., :vocab].double(), dim=-1)
     own = torch.softmax(logits[..., :vocab].double(), dim=-1)
-    return (lens - own).abs().max().item()
+    return (lens.to(own.device) - own).abs().max().item()  # a device map may run the head elsewhere
 
 
 def sampling_probs(

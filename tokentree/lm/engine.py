@@ -43,7 +43,7 @@ import torch
 import tokentree.lm.analysis as analysis
 from tokentree.lm.loader import LoadedModel
 from tokentree.lm.tokens import TokenBytes
-from tokentree.outputs import Analysis, Capabilities, NodeOutput
+from tokentree.outputs import Analysis, Capabilities, ModelInfo, NodeOutput
 
 _SUMMARY_ROWS = 16  # rows per analysis.summarize call: [16, V] temporaries stay in the CPU cache
 PREFILL_CHUNK = 512  # tokens per model call: [512, 151,936] float32 logits are 297 MiB
@@ -116,13 +116,21 @@ class Engine:
         self.forward_passes = 0  # passes over input: prefill 1, step 1, analysis 1 (module doc)
         self.model_calls = 0  # every model call: a prefill makes ceil(n / prefill_chunk)
         self._token_bytes = TokenBytes(loaded.tokenizer)
-        self._device = torch.device(loaded.device)
+        # With a device map, inputs go where the input embeddings run (loaded.input_device).
+        self._device = torch.device(loaded.input_device or loaded.device)
         self._lines: list[_Line] = []  # least recently used first
         # float32 [V] next-token logits after a prefix, least recently used first
         self._logits: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()
         self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self._stop_ids: dict[str, frozenset[int]] = {}  # fill_stop -> ids (stop_ids)
         self.vocab_size, self.capabilities = self._probe()
+        self.info = ModelInfo(
+            name=loaded.name, device=loaded.device, dtype=loaded.dtype, fingerprint=loaded.fingerprint,
+            vocab_key=loaded.vocab_key, context_length=loaded.context_length, num_layers=loaded.num_layers,
+        )
+
+    def close(self) -> None:
+        """Nothing to release beyond what garbage collection frees (the Backend interface)."""
 
     def _probe(self) -> tuple[int, Capabilities]:
         """One short forward at load: the real vocabulary size (ids the tokenizer knows, at
@@ -317,7 +325,7 @@ class Engine:
                 if not keep or step == steps - 1:
                     break
                 if len(keep) < len(rows):
-                    index = torch.tensor(keep, device=logits.device)
+                    index = torch.tensor(keep)  # on the CPU: indexes a cache split over devices too
                     batch.batch_select_indices(index)
                     logits = logits[index]
                     rows = [rows[j] for j in keep]
@@ -388,8 +396,9 @@ class Engine:
         model = self.model
         result = Analysis()
         if influence:
-            # Every (layer, head) row of the last position over the whole prefix.
-            rows = torch.cat([a[0, :, -1, :] for a in out.attentions if a is not None])
+            # Every (layer, head) row of the last position over the whole prefix, on one
+            # device (a device map puts the layers on several).
+            rows = torch.cat([a[0, :, -1, :].to(self._device) for a in out.attentions if a is not None])
             values, sink_share = analysis.influence(rows)
             # No value (None) at position 0, the usual sink, and at the last, the query itself.
             result = Analysis(influence=analysis.optional_values(values), sink_share=sink_share)

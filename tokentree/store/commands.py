@@ -79,6 +79,20 @@ def check_branch_name(name: str) -> str:
     return name
 
 
+MAX_PATTERN = 4000
+
+
+def check_constraint(name: str, pattern: str, depth: int) -> tuple[str, str, int]:
+    """A constraint's recorded fields, checked (the store does not parse the pattern: the
+    explorer checks it against the regex library before it records it)."""
+    name = check_branch_name(name)
+    if not isinstance(pattern, str) or not pattern:
+        raise StoreError("a constraint's pattern must be non-empty text")
+    if len(pattern) > MAX_PATTERN:
+        raise StoreError(f"a constraint's pattern has at most {MAX_PATTERN} characters")
+    return name, pattern, _check_int(depth, "a constraint's depth", minimum=1)
+
+
 def _check_int(value: object, what: str, *, minimum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise StoreError(f"{what} must be an integer")
@@ -390,6 +404,39 @@ class Commands:
         self._check_version(session_id, expected_version)
         self._live_branch(session_id, branch_id)
         self._append(session_id, ev.PromptSaved(branch_id, str(path)), expected_version)
+
+    def set_constraint(
+        self, session_id: int, branch_id: int, name: str, pattern: str, *, depth: int | None = None,
+        expected_version: int | None = None, group: int | None = None,
+    ) -> None:
+        """Switch the regex constraint `name` on for the branch, from `depth` (default: the
+        branch's current node), in place of the one it has. The same constraint at the same
+        depth again is refused (an event never records a no-op)."""
+        group = check_group(group)
+        self._check_version(session_id, expected_version)
+        branch = self._live_branch(session_id, branch_id)
+        if depth is None:
+            depth = self.read.node(branch.node_id).depth
+        name, pattern, depth = check_constraint(name, pattern, depth)
+        prev = self.read.constraint(branch_id)
+        if prev is not None and (prev.name, prev.pattern, prev.depth) == (name, pattern, depth):
+            raise StoreError(f"the constraint {name} is already on from token {depth + 1}")
+        self._append(session_id, ev.ConstraintSet(
+            branch_id, name, pattern, depth, prev.name if prev else None, prev.pattern if prev else None,
+            prev.depth if prev else None, group), expected_version)
+
+    def clear_constraint(
+        self, session_id: int, branch_id: int, *, expected_version: int | None = None, group: int | None = None
+    ) -> None:
+        """Switch the branch's regex constraint off (StoreError when it has none)."""
+        group = check_group(group)
+        self._check_version(session_id, expected_version)
+        self._live_branch(session_id, branch_id)
+        prev = self.read.constraint(branch_id)
+        if prev is None:
+            raise StoreError("the branch has no regex constraint on")
+        self._append(session_id, ev.ConstraintCleared(branch_id, prev.name, prev.pattern, prev.depth, group),
+                     expected_version)
 
     def undo(self, session_id: int, *, expected_version: int | None = None) -> str | None:
         """Revert the latest undoable event not yet undone, with the rest of its group when it

@@ -26,6 +26,9 @@ branch.renamed         BranchRenamed       branch_id, name, prev_name, group
 prompt.saved           PromptSaved         branch_id, path
 samples.drawn          SamplesDrawn        branch_id, settings: {temperature, top_k, top_p,
                                            min_p, ...}, seed, count, steps, group: int
+constraint.set         ConstraintSet       branch_id, name, pattern, depth, prev_name,
+                                           prev_pattern, prev_depth (null: none), group
+constraint.cleared     ConstraintCleared   branch_id, name, pattern, depth, group
 undo                   Undo                target_seqs: [int] (newest first), target_type
 =====================  ==================  ==================================================
 
@@ -33,7 +36,7 @@ undo                   Undo                target_seqs: [int] (newest first), ta
 a counterfactual pop + append, a set of samples). The caller picks the number; by convention
 it is the session version of the group's first event.
 
-Undoable: every type that changes branches, focus or names (all but session.started,
+Undoable: every type that changes branches, focus, names or constraints (all but session.started,
 prompt.saved, samples.drawn and undo itself). ``undo`` reverts the latest undoable event of
 the session that is not yet undone and, when that event has a group, every older undoable
 not-undone event right before it with the same group (the newest unbroken run of that group
@@ -74,6 +77,8 @@ BRANCH_RESET = "branch.reset"
 BRANCH_RENAMED = "branch.renamed"
 PROMPT_SAVED = "prompt.saved"
 SAMPLES_DRAWN = "samples.drawn"
+CONSTRAINT_SET = "constraint.set"
+CONSTRAINT_CLEARED = "constraint.cleared"
 UNDO = "undo"
 
 
@@ -187,6 +192,34 @@ class SamplesDrawn:
 
 
 @dataclass(frozen=True)
+class ConstraintSet:
+    """A regex constraint switched on for a branch (r), or put in place of another (R): the
+    tokens after `depth` must keep the text a viable prefix of `pattern` (the pattern as
+    matched, recorded whole so that a resume and an export show what was in force). `prev_*`:
+    the constraint it replaced (None: none), so that undo restores it."""
+
+    branch_id: int
+    name: str
+    pattern: str
+    depth: int
+    prev_name: str | None = None
+    prev_pattern: str | None = None
+    prev_depth: int | None = None
+    group: int | None = None
+
+
+@dataclass(frozen=True)
+class ConstraintCleared:
+    """The branch's regex constraint switched off (r); its fields, so that undo restores it."""
+
+    branch_id: int
+    name: str
+    pattern: str
+    depth: int
+    group: int | None = None
+
+
+@dataclass(frozen=True)
 class Undo:
     target_seqs: tuple[int, ...]  # newest first; the first is of type target_type
     target_type: str
@@ -195,6 +228,7 @@ class Undo:
 EventData = Union[
     SessionStarted, BranchCreated, TokenAppended, TokenPopped, BranchMoved, BranchDuplicated,
     BranchRemoved, BranchFocused, BranchReset, BranchRenamed, PromptSaved, SamplesDrawn, Undo,
+    ConstraintSet, ConstraintCleared,
 ]
 
 # THE mapping between stored type names and classes (names are stored: never change one).
@@ -212,6 +246,8 @@ EVENT_CLASSES: dict[str, type] = {
     PROMPT_SAVED: PromptSaved,
     SAMPLES_DRAWN: SamplesDrawn,
     UNDO: Undo,
+    CONSTRAINT_SET: ConstraintSet,
+    CONSTRAINT_CLEARED: ConstraintCleared,
 }
 TYPE_NAMES: dict[type, str] = {cls: name for name, cls in EVENT_CLASSES.items()}
 

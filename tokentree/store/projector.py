@@ -29,6 +29,8 @@ from .events import (
     BranchRemoved,
     BranchRenamed,
     BranchReset,
+    ConstraintCleared,
+    ConstraintSet,
     Event,
     EventData,
     EventFormatError,
@@ -49,6 +51,7 @@ from .schema import (
     Base,
     branches_t,
     checkpoint_t,
+    constraints_t,
     events_t,
     focus_t,
     nodes_t,
@@ -87,6 +90,9 @@ _RESTORE_BRANCH = (
 )
 _SET_BRANCH_NAME = update(branches_t).where(branches_t.c.id == bindparam("bid")).values(name=bindparam("name"))
 _INS_BRANCH = insert(branches_t)
+_SEL_CONSTRAINT = select(constraints_t).where(constraints_t.c.branch_id == bindparam("bid"))
+_DEL_CONSTRAINT = delete(constraints_t).where(constraints_t.c.branch_id == bindparam("bid"))
+_INS_CONSTRAINT = insert(constraints_t)
 _SEL_EVENT = select(events_t).where(events_t.c.seq == bindparam("seq"))
 _SEL_CHECKPOINT = select(checkpoint_t.c.last_seq).where(checkpoint_t.c.id == 1)
 _TOUCH_SESSION = (
@@ -267,6 +273,9 @@ def _branch_duplicated(conn: Connection, ev: Event, p: BranchDuplicated) -> None
     sid = ev.session_id
     src = _branch(conn, sid, p.source_branch_id)
     _insert_branch(conn, sid, p, node_id=src.node_id, root_node_id=src.root_node_id, source=src.source)
+    rule = conn.execute(_SEL_CONSTRAINT, {"bid": src.id}).first()
+    if rule is not None:  # a copy of a branch keeps its regex constraint
+        _put_constraint(conn, sid, p.branch_id, rule.name, rule.pattern, rule.depth)
 
 
 def _insert_branch(
@@ -314,6 +323,36 @@ def _branch_renamed(conn: Connection, ev: Event, p: BranchRenamed) -> None:
     conn.execute(_SET_BRANCH_NAME, {"bid": branch.id, "name": p.name})
 
 
+def _put_constraint(conn: Connection, sid: int, branch_id: int, name: str | None, pattern: str | None,
+                    depth: int | None) -> None:
+    """The branch's constraint row becomes (name, pattern, depth); name None: no row."""
+    conn.execute(_DEL_CONSTRAINT, {"bid": branch_id})
+    if name is not None:
+        conn.execute(_INS_CONSTRAINT, {"branch_id": branch_id, "session_id": sid, "name": name,
+                                       "pattern": pattern, "depth": int(depth)})
+
+
+def _check_constraint(conn: Connection, branch_id: int, name, pattern, depth) -> None:
+    """The branch's constraint is the one the event expects (None: none)."""
+    row = conn.execute(_SEL_CONSTRAINT, {"bid": branch_id}).first()
+    found = None if row is None else (row.name, row.pattern, row.depth)
+    expected = None if name is None else (name, pattern, depth)
+    if found != expected:
+        raise ProjectionError(f"branch {branch_id} has constraint {found!r}, the event expects {expected!r}")
+
+
+def _constraint_set(conn: Connection, ev: Event, p: ConstraintSet) -> None:
+    _branch(conn, ev.session_id, p.branch_id)
+    _check_constraint(conn, p.branch_id, p.prev_name, p.prev_pattern, p.prev_depth)
+    _put_constraint(conn, ev.session_id, p.branch_id, p.name, p.pattern, p.depth)
+
+
+def _constraint_cleared(conn: Connection, ev: Event, p: ConstraintCleared) -> None:
+    _branch(conn, ev.session_id, p.branch_id)
+    _check_constraint(conn, p.branch_id, p.name, p.pattern, p.depth)
+    _put_constraint(conn, ev.session_id, p.branch_id, None, None, None)
+
+
 def _prompt_saved(conn: Connection, ev: Event, p: PromptSaved) -> None:
     pass  # recorded for history; changes no projection but the session's last use
 
@@ -354,6 +393,12 @@ def _invert(conn: Connection, sid: int, type_name: str, target: EventData) -> No
     elif isinstance(target, BranchRenamed):
         branch = _branch(conn, sid, target.branch_id)
         conn.execute(_SET_BRANCH_NAME, {"bid": branch.id, "name": target.prev_name})
+    elif isinstance(target, ConstraintSet):
+        _branch(conn, sid, target.branch_id)
+        _put_constraint(conn, sid, target.branch_id, target.prev_name, target.prev_pattern, target.prev_depth)
+    elif isinstance(target, ConstraintCleared):
+        _branch(conn, sid, target.branch_id)
+        _put_constraint(conn, sid, target.branch_id, target.name, target.pattern, target.depth)
     else:  # pragma: no cover - events.UNDOABLE and this list agree (tests/test_events.py)
         raise ProjectionError(f"no inverse for {type_name}")
 
@@ -372,6 +417,8 @@ HANDLERS = {
     PromptSaved: _prompt_saved,
     SamplesDrawn: _samples_drawn,
     Undo: _undo,
+    ConstraintSet: _constraint_set,
+    ConstraintCleared: _constraint_cleared,
 }
 
 

@@ -19,8 +19,8 @@ from tokentree.outputs import Analysis, NodeOutput
 
 from . import cache
 from .events import BRANCH_CREATED, BRANCH_DUPLICATED, BRANCH_REMOVED, UNDO, UNDOABLE, Event, event_from_row
-from .schema import branches_t, events_t, focus_t, nodes_t, outputs_t, session_nodes_t, sessions_t
-from .types import Branch, Node, SessionInfo, SessionSummary
+from .schema import branches_t, constraints_t, events_t, focus_t, nodes_t, outputs_t, session_nodes_t, sessions_t
+from .types import Branch, Constraint, Node, SessionInfo, SessionSummary
 
 _CHUNK = 500  # bound on SQL parameters per IN (...)
 
@@ -198,6 +198,19 @@ class Reader:
             )
             for r in rows
         ]
+
+    def constraints(self, session_id: int) -> dict[int, Constraint]:
+        """branch id -> its regex constraint, for the session's live branches that have one."""
+        rows = self.conn.execute(
+            select(constraints_t)
+            .join(branches_t, branches_t.c.id == constraints_t.c.branch_id)
+            .where(constraints_t.c.session_id == session_id, branches_t.c.removed.is_(False))
+        ).all()
+        return {r.branch_id: Constraint(r.branch_id, r.name, r.pattern, r.depth) for r in rows}
+
+    def constraint(self, branch_id: int) -> Constraint | None:
+        row = self.conn.execute(select(constraints_t).where(constraints_t.c.branch_id == branch_id)).first()
+        return None if row is None else Constraint(row.branch_id, row.name, row.pattern, row.depth)
 
     def focus(self, session_id: int) -> int | None:
         """The focused branch's id (None: no focus)."""

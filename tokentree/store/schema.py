@@ -5,8 +5,8 @@ Three kinds of tables:
 * ``events``: the append-only log (the source of truth). SQLite triggers reject UPDATE and
   DELETE on it.
 * projections, written only by :mod:`tokentree.store.projector` and rebuilt from the events
-  by ``db rebuild``: ``sessions``, ``nodes``, ``session_nodes``, ``branches``, ``focus`` and
-  ``projector_checkpoint``.
+  by ``db rebuild``: ``sessions``, ``nodes``, ``session_nodes``, ``branches``, ``focus``,
+  ``constraints`` and ``projector_checkpoint``.
 * caches, NOT projections (a rebuild keeps them): ``models``, ``node_outputs``,
   ``node_analyses``, ``token_bytes``. They are keyed by prefix key (and model), never by node
   id, so they stay valid whatever ids a rebuild would assign.
@@ -137,6 +137,20 @@ class FocusRow(Base):
     branch_id: Mapped[int] = mapped_column(ForeignKey("branches.id"), nullable=False)
 
 
+class ConstraintRow(Base):
+    """The regex constraint in force on a branch (r / R): its name and pattern as recorded,
+    and the depth it was switched on at: it covers the tokens after that depth. No row: none.
+    A removed branch keeps its row (an undo brings the branch back with it)."""
+
+    __tablename__ = "constraints"
+
+    branch_id: Mapped[int] = mapped_column(ForeignKey("branches.id"), primary_key=True, autoincrement=False)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), nullable=False, index=True)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    pattern: Mapped[str] = mapped_column(Text, nullable=False)
+    depth: Mapped[int] = mapped_column(Integer, nullable=False)
+
+
 class CheckpointRow(Base):
     """Single row (id = 1): the seq of the last event applied to the projections."""
 
@@ -147,7 +161,7 @@ class CheckpointRow(Base):
 
 
 # Wiped by rebuild, in an order that keeps foreign keys satisfied.
-PROJECTION_TABLES = ("focus", "branches", "session_nodes", "sessions", "nodes", "projector_checkpoint")
+PROJECTION_TABLES = ("constraints", "focus", "branches", "session_nodes", "sessions", "nodes", "projector_checkpoint")
 
 
 # --------------------------------------------------------------------------- caches (kept by rebuild)
@@ -215,5 +229,6 @@ nodes_t = NodeRow.__table__
 session_nodes_t = SessionNodeRow.__table__
 branches_t = BranchRow.__table__
 focus_t = FocusRow.__table__
+constraints_t = ConstraintRow.__table__
 checkpoint_t = CheckpointRow.__table__
 outputs_t = NodeOutputRow.__table__

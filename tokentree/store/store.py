@@ -26,7 +26,7 @@ from .engine import enable_wal, make_engine
 from .events import Event
 from .files import check_file, create_file, db_errors
 from .reads import Reader
-from .types import Branch, Node, RootPrompt, SessionInfo, SessionSummary
+from .types import Branch, Constraint, Node, RootPrompt, SessionInfo, SessionSummary
 
 
 class Store:
@@ -253,6 +253,24 @@ class Store:
         with self.writing() as cmd:
             cmd.record_prompt_saved(session_id, branch_id, path, expected_version=expected_version)
 
+    def set_constraint(
+        self, session_id: int, branch_id: int, name: str, pattern: str, *, depth: int | None = None,
+        expected_version: int | None = None, group: int | None = None,
+    ) -> None:
+        """The regex constraint `name` on for the branch from `depth` (default: its current
+        node); see :meth:`Commands.set_constraint`."""
+        check_group(group)
+        with self.writing() as cmd:
+            cmd.set_constraint(session_id, branch_id, name, pattern, depth=depth,
+                               expected_version=expected_version, group=group)
+
+    def clear_constraint(
+        self, session_id: int, branch_id: int, *, expected_version: int | None = None, group: int | None = None
+    ) -> None:
+        check_group(group)
+        with self.writing() as cmd:
+            cmd.clear_constraint(session_id, branch_id, expected_version=expected_version, group=group)
+
     def undo(self, session_id: int, *, expected_version: int | None = None) -> str | None:
         with self.writing() as cmd:
             return cmd.undo(session_id, expected_version=expected_version)
@@ -286,6 +304,11 @@ class Store:
     def branches(self, session_id: int) -> list[Branch]:
         with self.reading() as r:
             return r.branches(session_id)
+
+    def constraints(self, session_id: int) -> dict[int, Constraint]:
+        """branch id -> its regex constraint, for the live branches that have one."""
+        with self.reading() as r:
+            return r.constraints(session_id)
 
     def node(self, node_id: int) -> Node:
         with self.reading() as r:

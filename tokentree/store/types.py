@@ -27,6 +27,17 @@ class Branch:
 
 
 @dataclass(frozen=True)
+class Constraint:
+    """The regex constraint in force on a branch: the tokens after `depth` must keep the text
+    a viable prefix of `pattern`."""
+
+    branch_id: int
+    name: str
+    pattern: str
+    depth: int  # the depth of the node it was switched on at
+
+
+@dataclass(frozen=True)
 class SessionInfo:
     id: int
     created_at: str  # UTC ISO 8601

@@ -15,8 +15,10 @@ from collections.abc import Callable
 
 import urwid
 
+from tokentree.commands import PICKER
 from tokentree.errors import TokentreeError
 from tokentree.logs import setup_logging
+from tokentree.tui.compare import BranchPicker, DiffView
 from tokentree.tui.keymap import EXPLORER, GLOBAL, TEXT, Keymap, build_keymap, display_key
 from tokentree.tui.palette import build_palette, pick_colors
 from tokentree.tui.widgets import (BranchList, CandidateTable, FitColumns, FitPile, HelpOverlay, HelpView,
@@ -62,6 +64,10 @@ class ExplorerApp:
         # A text field (rename, search) while one is open: keys go to it (the TEXT context).
         self.field: LineField | None = None
         self.field_kind: str | None = None
+        # The compare picker (c) while it is open, then the diff view of the pair it chose.
+        self.picker: BranchPicker | None = None
+        self.diff_pair: tuple[int, int] | None = None
+        self.diffview = DiffView()
         # Pane sizes follow their content when drawn (see the _plan_* methods).
         self.right = FitPile([self.branches], self._plan_right)
         self.columns = FitColumns([self.table, self.right], self._plan_columns)
@@ -88,6 +94,8 @@ class ExplorerApp:
             else:
                 self.toggle_help()
             return True
+        if self.picker is not None or self.diff_pair is not None:
+            return self._picker_key(key)
         if self.field is not None:
             # A text field is open: its commands (enter, esc) and the global ctrl-keys run;
             # every other key is the field's (letters type, never run commands).
@@ -130,6 +138,81 @@ class ExplorerApp:
         for key in keys:
             if self.root.keypress((80, 24), key) is not None:
                 self.explorer.message = f"unbound key: {key}"
+
+    # ---------------------------------------------------------------- compare (c)
+    def _picker_key(self, key: str) -> bool:
+        """A picker or the diff view is open: its commands and the global ones run; the
+        diff view also scrolls with page up/down, home, end; other keys say how to close."""
+        command = self.keymap.command_for(key, PICKER)
+        if command is not None:
+            self.run_command(command, key)
+        elif self.diff_pair is not None and key in DiffView.SCROLL_KEYS:
+            self.diffview.scroll(key)
+        else:
+            what = "picker" if self.picker is not None else "diff view"
+            self.explorer.message = (f"{display_key(key)} does nothing here: "
+                                     f"{self.keymap.hint('pick_cancel')} closes the {what}")
+            self.refresh()
+        return True
+
+    def open_compare(self) -> None:
+        """Pick the branch to compare the focused one with, in the branch pane."""
+        choices = self.explorer.diff_choices()
+        if not choices:
+            self.explorer.message = (f"only one branch: nothing to compare it with "
+                                     f"({self.keymap.hint('duplicate_branch')} duplicates it)")
+            return
+        self.picker = BranchPicker(self.explorer.focused_branch_name, choices)
+        self.status.field_hint = (f"{self._first_key('pick_up')} {self._first_key('pick_down')}: pick  "
+                                  f"{self._first_key('pick_commit')}: compare  "
+                                  f"{self._first_key('pick_cancel')}: cancel")
+        self._show_pick()
+
+    def _first_key(self, command: str) -> str:
+        keys = self.keymap.keys.get(command, ())
+        return display_key(keys[0]) if keys else "unbound"
+
+    def _show_pick(self) -> None:
+        self.branches.set_picking(self.picker.chosen[0])
+        self.explorer.message = f"compare {self.picker.name} with {self.picker.chosen[1]}?"
+
+    def pick_move(self, step: int) -> None:
+        if self.picker is not None:
+            self.picker.move(step)
+            self._show_pick()
+        elif self.diff_pair is not None:
+            self.diffview.scroll("up" if step < 0 else "down")
+
+    def pick_commit(self) -> None:
+        if self.picker is None:
+            self._close_diff()
+            return
+        chosen = self.picker.chosen[0]
+        focused = next((b.id for b in self.snapshot.branches if b.focused), None)
+        self._close_picker()
+        if focused is None or focused == chosen:
+            self.explorer.message = "the branches changed: press c again"
+            return
+        self.diff_pair = (focused, chosen)
+        self.frame.body = self.diffview
+        self.status.field_hint = (f"{self._first_key('pick_up')} {self._first_key('pick_down')} pgup pgdn: "
+                                  f"scroll  {self._first_key('pick_cancel')}: close")
+
+    def pick_cancel(self) -> None:
+        if self.picker is not None:
+            self._close_picker()
+        else:
+            self._close_diff()
+
+    def _close_picker(self) -> None:
+        self.picker = None
+        self.branches.set_picking(None)
+        self.status.field_hint = None
+
+    def _close_diff(self) -> None:
+        self.diff_pair = None
+        self.frame.body = self.body
+        self.status.field_hint = None
 
     # ---------------------------------------------------------------- text fields
     FIELD_COLS = 1000  # the width a field's keypress assumes (one logical line; home/end are ours)
@@ -261,6 +344,13 @@ class ExplorerApp:
 
     # ---------------------------------------------------------------- drawing
     def refresh(self) -> None:
+        if self.diff_pair is not None:  # numbers fill in as the model computes them
+            diff = self.explorer.branch_diff(*self.diff_pair)
+            if diff is None:
+                self._close_diff()
+                self.explorer.message = "a compared branch was removed: the diff is closed"
+            else:
+                self.diffview.update(diff)
         snap = self.explorer.snapshot(with_tree=self.show_tree)
         self.prompt.update(snap)
         self.table.update(snap)

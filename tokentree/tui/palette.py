@@ -22,7 +22,12 @@ _INF_16 = ("black", "black", "black", "brown", "brown", "dark red", "dark red", 
 _HEAT_256 = ("h236", "h238", "h24", "h25", "h31", "h38", "h45", "h51")
 _HEAT_16 = ("black", "dark gray", "dark blue", "dark blue", "dark cyan", "dark cyan", "light cyan", "white")
 
-GRADIENTS = {"prob": (_PROB_16, _PROB_256), "ent": (_ENT_16, _ENT_256), "inf": (_INF_16, _INF_256)}
+# Disagreement between two models (|Δ log p|): grey (agree) to yellow to red (disagree).
+_DIS_256 = ("h236", "h238", "h58", "h100", "h136", "h166", "h160", "h124")
+_DIS_16 = ("black", "black", "brown", "brown", "brown", "dark red", "dark red", "dark red")
+
+GRADIENTS = {"prob": (_PROB_16, _PROB_256), "ent": (_ENT_16, _ENT_256), "inf": (_INF_16, _INF_256),
+             "dis": (_DIS_16, _DIS_256)}
 
 
 def level(value: float) -> int:
@@ -68,6 +73,18 @@ def build_palette() -> list[tuple]:
         ("sampled", "light cyan", "default", "bold", "h117", "default"),
         ("filtered", "dark gray", "default", "", "h240", "default"),
         ("search", "light magenta", "default", "bold", "h213", "default"),
+        # Comparisons: the compare model's column, the branch a picker points at, a diff's signs.
+        ("compare", "light cyan", "default", "", "h116", "default"),
+        ("branch_pick", "black", "yellow", "standout", "h16", "h221"),
+        ("diff_more", "light green", "default", "", "h114", "default"),
+        ("diff_less", "light red", "default", "", "h210", "default"),
+        # Regex constraints (r): the state in the table's legend and in the status bar.
+        ("regex_live", "light green", "default", "bold", "h120", "default"),
+        ("regex_complete", "light cyan,bold", "default", "bold", "h117,bold", "default"),
+        ("regex_dead", "light red,bold", "default", "bold", "h203,bold", "default"),
+        ("status_regex_live", "light green", "dark blue", "standout", "h120", "h24"),
+        ("status_regex_complete", "light cyan,bold", "dark blue", "standout", "h117,bold", "h24"),
+        ("status_regex_dead", "light red,bold", "dark blue", "standout", "h210,bold", "h24"),
     ]
     for kind, (ramp16, ramp256) in GRADIENTS.items():
         for i in range(LEVELS):

@@ -14,16 +14,19 @@ import urwid
 
 from tokentree.core.snapshot import BranchRow, CandidateRow, Snapshot, TreeLine
 from tokentree.tui.cells import cut, fit, safe, safe_markup, width_of
+from tokentree.tui.compare import compare_cell as _compare_cell, compare_status, short_name as _short_name
+from tokentree.tui.constraint import constraint_legend, constraint_tag, empty_note, filters, raw_cell
 from tokentree.tui.palette import LEVELS, gradient_attr, level
 
 __all__ = ["BottomText", "BranchList", "CandidateTable", "HelpView", "LineField", "PromptPane",
            "StatusBar", "TreePane", "fit", "width_of"]
 
-_VIEW_GRADIENT = {"probability": "prob", "entropy": "ent", "influence": "inf"}
+_VIEW_GRADIENT = {"probability": "prob", "entropy": "ent", "influence": "inf", "disagreement": "dis"}
 _VIEW_LEGEND = {
     "probability": ("token probability", "0", "1"),
     "entropy": ("entropy it was chosen from", "certain", "uncertain"),
     "influence": ("on next token", "none", "most"),
+    "disagreement": ("|\u0394 log p| between the two models", "0", "\u22653 nats"),
 }
 _LAYER_TITLE = {"layer": "layer probabilities", "layer_norm": "layer-normalized"}
 
@@ -153,6 +156,7 @@ class CandidateTable(_Reflow, urwid.WidgetWrap):
 
     PROB_W = 7  # "100.00%"
     SAMPLE_W = 6  # "100.0%"
+    COMPARE_W = 7  # "100.00%", "<0.012%"
     MIN_TOKEN = 6
     TOKEN_WANT = 24  # token columns wider than this are mostly blank
     WANT = 2 + 1 + 4 + 1 + TOKEN_WANT + 1 + PROB_W + 1 + 5  # borders, columns: 46
@@ -174,6 +178,10 @@ class CandidateTable(_Reflow, urwid.WidgetWrap):
         want = self.WANT
         if snap is not None and snap.sampler is not None:
             want += 1 + self.SAMPLE_W
+        if snap is not None and snap.compare is not None:
+            want += 1 + self.COMPARE_W
+        if filters(snap):  # a regex constraint's raw column
+            want += 1 + self.PROB_W
         if snap is not None and snap.layer_view != "off" and snap.num_layers:
             want += 1 + snap.num_layers
         return want
@@ -185,12 +193,23 @@ class CandidateTable(_Reflow, urwid.WidgetWrap):
             title += " \u00b7 sampler"
         if snap.layer_view != "off":
             title += f" \u00b7 {_LAYER_TITLE[snap.layer_view]}"
+        if filters(snap):
+            title += f" \u00b7 regex {safe(snap.constraint.name)}"
         self.box.set_title(title)
         # The sampler's settings on a legend line under the table (a title would be clipped).
         parts = [(self.header, ("pack", None)), (self.listbox, ("weight", 1))]
+        legend = []
         if snap.sampler is not None:
-            self.legend.set_text([("legend", "sampler "), ("sampled", safe(snap.sampler)),
-                                  ("legend", " \u00b7 "), ("filtered", "dim"), ("legend", ": filtered out")])
+            legend += [("legend", "sampler "), ("sampled", safe(snap.sampler)),
+                       ("legend", " \u00b7 "), ("filtered", "dim"), ("legend", ": filtered out")]
+        if snap.compare is not None:
+            legend += ["\n"] if legend else []
+            legend += [("legend", "cmp: p under "), ("compare", safe(_short_name(snap.compare.model))),
+                       ("legend", " \u00b7 <x: outside its top K, at most x")]
+        if rx := constraint_legend(snap.constraint):
+            legend += (["\n"] if legend else []) + rx
+        if legend:
+            self.legend.set_text(legend)
             parts.append((self.legend, ("pack", None)))
         if len(self.pile.contents) != len(parts):
             self.pile.contents[:] = parts
@@ -213,6 +232,10 @@ class CandidateTable(_Reflow, urwid.WidgetWrap):
         fixed = 1 + rank + 1 + 1 + self.PROB_W + 1 + tree
         if snap.sampler is not None:
             fixed += 1 + self.SAMPLE_W
+        if snap.compare is not None:
+            fixed += 1 + self.COMPARE_W
+        if filters(snap):
+            fixed += 1 + self.PROB_W
         layers = snap.num_layers if snap.layer_view != "off" else 0
         token = max(self.MIN_TOKEN, inner - fixed - (1 + layers if layers else 0))
         heat = max(0, inner - fixed - token - 1) if layers else 0
@@ -226,8 +249,12 @@ class CandidateTable(_Reflow, urwid.WidgetWrap):
         sampler = snap.sampler is not None
         head = " " + fit("#", w["rank"], align="right") + " " + fit("token", w["token"]) + " "
         head += fit("prob", self.PROB_W, align="right")
+        if filters(snap):
+            head += " " + fit("raw", self.PROB_W, align="right")
         if sampler:
             head += " " + fit("sample", self.SAMPLE_W, align="right")
+        if snap.compare is not None:
+            head += " " + fit("cmp", self.COMPARE_W, align="right")
         head += " " + fit("tree", w["tree"])
         if snap.layer_view != "off":
             if snap.view_pending and not snap.num_layers:
@@ -240,8 +267,13 @@ class CandidateTable(_Reflow, urwid.WidgetWrap):
                 head += " " + next((t for t in labels if width_of(t) <= room), cut(labels[-1], room))
         self.header.set_text(("header", head))
         rows: list[urwid.Widget] = []
+        compare = None if snap.compare is None else ("\u2026" if snap.compare.waiting and not snap.compare.failed
+                                                     else "n/a")
         for i, row in enumerate(snap.candidates):
-            rows.append(self._row(row, w, selected=i == snap.selected, sampler=sampler))
+            rows.append(self._row(row, w, selected=i == snap.selected, sampler=sampler, compare=compare,
+                                  raw=filters(snap)))
+        if filters(snap) and not snap.candidates and not snap.waiting:
+            rows.append(urwid.Text(("na", f"  {empty_note(snap.constraint)}")))
         if snap.waiting:
             note = "waiting for the model\u2026" if snap.status.engine_ready or snap.status.busy else "model not loaded"
             rows.append(urwid.Text(("na", f"  {note}")))
@@ -249,7 +281,9 @@ class CandidateTable(_Reflow, urwid.WidgetWrap):
         if snap.candidates:
             self.listbox.set_focus(min(snap.selected, len(rows) - 1))
 
-    def _row(self, row: CandidateRow, w: dict[str, int], *, selected: bool, sampler: bool) -> urwid.Widget:
+    def _row(self, row: CandidateRow, w: dict[str, int], *, selected: bool, sampler: bool,
+             compare: str | None = None, raw: bool = False) -> urwid.Widget:
+        """`compare`: what the compare column shows without a value (None: no column)."""
         rank = str(row.rank) if row.rank is not None else "?"
         prob = f"{row.prob * 100:6.2f}%" if row.prob is not None else "n/a"
         marker = f"\u25b8{row.subtree}" if row.explored else ""
@@ -260,9 +294,15 @@ class CandidateTable(_Reflow, urwid.WidgetWrap):
             (plain or "token", fit(safe(row.text, mark_combining=True), w["token"])),
             (plain or ("na" if row.prob is None else "prob_text"), " " + fit(prob, self.PROB_W, align="right")),
         ]
+        if raw:  # a regex constraint: prob is renormalized over the allowed tokens, this is the model's
+            markup.append((plain or ("na" if row.raw is None else "legend"), " " + fit(raw_cell(row), self.PROB_W,
+                                                                                    align="right")))
         if sampler:
             cell = f"{row.sampled * 100:5.1f}%" if row.sampled is not None else "\u00b7"
             markup.append((plain or "sampled", " " + fit(cell, self.SAMPLE_W, align="right")))
+        if compare is not None:
+            markup.append((plain or ("na" if row.compare is None else "compare"),
+                           " " + fit(_compare_cell(row) or compare, self.COMPARE_W, align="right")))
         markup += [(plain or "prob_text", " "), (plain or "explored", fit(marker, w["tree"]))]
         if w["heat"] and row.layers:
             markup.append(" ")
@@ -307,7 +347,12 @@ class BranchList(_Reflow, urwid.WidgetWrap):
         self.box = urwid.LineBox(urwid.Pile([("pack", self.header), self.listbox]), title="branches",
                                  title_align="left")
         self._branches: tuple[BranchRow, ...] = ()
+        self.picking: int | None = None  # the branch a picker (compare) points at
         super().__init__(self.box)
+
+    def set_picking(self, branch_id: int | None) -> None:
+        self.picking = branch_id
+        self._stale()
 
     def rows_needed(self) -> int:
         return len(self._branches) + 3  # rows, header, borders
@@ -347,8 +392,10 @@ class BranchList(_Reflow, urwid.WidgetWrap):
         name_w = max(self.MIN_NAME, min(name_w, longest))
         self.header.set_text(("header", "  " + fit("name", name_w) + "".join(
             " " + fit(h, c, align="left" if h == "+app" else "right") for h, c in zip(heads, cols))))
-        rows = [self._row(b, n, name_w, cols) for b, n in zip(self._branches, numbers)]
+        rows = [self._row(b, n, name_w, cols, picked=b.id == self.picking) for b, n in zip(self._branches, numbers)]
         focus = next((i for i, b in enumerate(self._branches) if b.focused), 0)
+        if self.picking is not None:  # the picked row stays in view
+            focus = next((i for i, b in enumerate(self._branches) if b.id == self.picking), focus)
         if self.editor is not None:
             field = urwid.AttrMap(self.editor, "edit")
             if rows:
@@ -360,13 +407,15 @@ class BranchList(_Reflow, urwid.WidgetWrap):
             self.listbox.set_focus(focus)
 
     @staticmethod
-    def _row(b: BranchRow, numbers, name_w: int, cols: list[int]) -> urwid.Widget:
+    def _row(b: BranchRow, numbers, name_w: int, cols: list[int], picked: bool = False) -> urwid.Widget:
         depth, appended, logprob, ppl = numbers
         name = fit(safe(b.name), name_w, keep="middle", head=max(1, (name_w - 1) // 2))
-        text = ("\u25b6 " if b.focused else "  ") + name + " " + fit(depth, cols[0], align="right")
+        mark = "\u25b6 " if b.focused else "\u25c6 " if picked else "  "
+        text = mark + name + " " + fit(depth, cols[0], align="right")
         text += " " + fit(appended, cols[1]) + " " + fit(logprob, cols[2], align="right")
         text += " " + fit(ppl, cols[3], align="right")
-        return urwid.AttrMap(urwid.Text(text, wrap="clip"), "branch_focus" if b.focused else "branch")
+        return urwid.AttrMap(urwid.Text(text, wrap="clip"),
+                             "branch_focus" if b.focused else "branch_pick" if picked else "branch")
 
 
 class _LineWalker(urwid.ListWalker):
@@ -539,7 +588,10 @@ class _StatusLine(urwid.WidgetWrap):
         return super().render(size, focus)
 
     @classmethod
-    def layout(cls, width: int, *, lead, busy, busy_attr, origin, model, details, hint) -> list:
+    def layout(cls, width: int, *, lead, busy, busy_attr, origin, model, details, hint, compare: str = "",
+               regex: str = "", regex_attr: str = "status") -> list:
+        """`compare`: the compare model's numbers (KL, TV); they go after the origin and give
+        way only after the model's details."""
         sep = cls.SEP
         short_model = model.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1] or model
         short_origin = {"from cache": "cache", "not computed yet": "not computed"}.get(
@@ -548,9 +600,11 @@ class _StatusLine(urwid.WidgetWrap):
         middles += [[origin, " \u00b7 ".join([short_model, *details[:keep]])]
                     for keep in range(len(details), -1, -1)]
         middles += [[short_origin, short_model], [short_model]]
+        if compare:
+            middles = [[*m[:-1], compare, m[-1]] for m in middles] + [[compare], *middles]
         lead_parts = [("edit_caption", lead), " "] if lead else []
         lead_w = width_of(lead) + 1 if lead else 0
-        must = lead_w + width_of(busy) + width_of(sep) + width_of(hint)  # never left out
+        must = lead_w + width_of(busy) + width_of(regex) + width_of(sep) + width_of(hint)  # never left out
         middle = ""
         for parts in middles:
             text = sep.join(parts) + sep
@@ -563,8 +617,9 @@ class _StatusLine(urwid.WidgetWrap):
                 middle = fit(short_model, room) + sep
             elif must > width:  # the busy state cut (it stays, if short): the hint still shows
                 busy = fit(busy, max(2, width - (must - width_of(busy)))).rstrip()
-        used = lead_w + width_of(busy) + width_of(sep) + width_of(middle) + width_of(hint)
-        return [*lead_parts, (busy_attr, busy), sep + middle, " " * max(0, width - used), hint]
+        used = lead_w + width_of(busy) + width_of(regex) + width_of(sep) + width_of(middle) + width_of(hint)
+        tag = [(regex_attr, regex)] if regex else []  # a regex constraint and its state, after busy
+        return [*lead_parts, (busy_attr, busy), *tag, sep + middle, " " * max(0, width - used), hint]
 
 
 class StatusBar(urwid.WidgetWrap):
@@ -607,11 +662,12 @@ class StatusBar(urwid.WidgetWrap):
         # Busy state first: it is what a user waits on.
         stop = f" \u00b7 {self.cancel_hint} stops" if st.cancellable else ""
         busy = f" \u23f3 {safe(st.busy)}{stop}\u2026" if st.busy else " idle"
+        regex, regex_attr = constraint_tag(snap.constraint)
         self.line.set_parts(
             lead=f" {self.field_hint} " if self.field_hint else "",
             busy=busy, busy_attr="status_busy" if st.busy else "status", origin=origin,
             model=safe(st.model), details=[st.device, st.dtype, f"session {st.session_id}"],
-            hint=self.hint + " ")
+            hint=self.hint + " ", compare=compare_status(snap.compare), regex=regex, regex_attr=regex_attr)
 
 
 def _hanging(key_markup, text_markup, key_width: int) -> urwid.Widget:
@@ -642,6 +698,16 @@ LEGEND: tuple[tuple[str, str], ...] = (
     ("logprob", ("branches: sum of the natural log-probabilities of the appended tokens "
                 "(logp when narrow)")),
     ("ppl", "branches: perplexity of the appended tokens, exp(-logprob / +app)"),
+    ("\u25c6", "branches: the branch a picker points at (c: compare with it, enter)"),
+    ("cmp", ("table: the token's probability under the compare model (--compare-model); <x: it is "
+             "outside that model's cached top K, so at most x")),
+    ("KL \u2265", ("status: KL(main \u2016 compare) at this node over the two cached top-K lists, a "
+                   "lower bound (exact, without \u2265, when they hold the whole distribution); TV: "
+                   "the range of the total-variation distance")),
+    ("raw", ("table, under a regex constraint (r): the model's own probability; prob is then "
+             "renormalized over the allowed tokens among the cached top K")),
+    ("regex", ("status: the regex constraint (r on/off, R next) and its state: live (a prefix of a "
+               "match), complete (a whole match), dead (no match possible)")),
     ("[name*]", "tree: the branches that end on this line (* the focused one, +2 two more)"),
     ("\u20397\u203a", "tree: a line 7 levels deep (its guides are cut)"),
     ("\u2026", "text cut to fit (tree: the middle of a segment; branches: still computing)"),

@@ -54,7 +54,7 @@ class Dialect:
 class ServerBackend:
     def __init__(self, client: Client, *, model: str, dialect: Dialect, vocab_size: int, top_k: int,
                  tokenizer=None, server_bos: Sequence[int] = (), eos_ids: Iterable[int] = (),
-                 revision: str = "", parallel: int = 4):
+                 revision: str = "", parallel: int = 4, context_length: int | None = None):
         self.client = client
         self.model = model
         self.dialect = dialect
@@ -84,7 +84,7 @@ class ServerBackend:
         self.info = ModelInfo(
             name=model, device=host, dtype="server",
             fingerprint=fingerprint(client, model, revision),
-            vocab_key=vocab_key(client, model, tokenizer, vocab_size), context_length=None,
+            vocab_key=vocab_key(client, model, tokenizer, vocab_size), context_length=context_length,
         )
 
     # ------------------------------------------------------------------ tokens

@@ -70,7 +70,8 @@ def _connect(client: Client, model: str, k: int, tokenizer_name: str | None, top
     eos = _eos_ids(hf, entry)
     probe.close() if probe.client is not client else None
     return ServerBackend(client, model=model, dialect=dialect, vocab_size=vocab, top_k=top_k, tokenizer=hf,
-                         server_bos=server_bos, eos_ids=eos, revision=_revision(entry), parallel=parallel)
+                         server_bos=server_bos, eos_ids=eos, revision=_revision(entry), parallel=parallel,
+                         context_length=_context(entry))
 
 
 def _pick_model(served: list[dict], model: str, where: str) -> dict:
@@ -124,6 +125,15 @@ def _has_prompt_logprobs(client: Client, model: str, ids: list[int], k: int) -> 
     except ServerError:
         return False
     return True
+
+
+def _context(entry: dict) -> int | None:
+    """The served context: vLLM's max_model_len, llama-server's n_ctx_train."""
+    meta = entry.get("meta") if isinstance(entry.get("meta"), dict) else {}
+    for n in (entry.get("max_model_len"), meta.get("n_ctx_train")):
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
 
 
 def _served_vocab(entry: dict) -> int | None:
