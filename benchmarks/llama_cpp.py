@@ -14,8 +14,10 @@ to its logits, no tokentree code), and the transformers `Engine` on the source m
 Figures (medians of `--reps` timed repeats after a warm-up, time.perf_counter):
 - append @ L: `LlamaBackend.step` on a growing path after an L-token prompt (the right arrow on a
   new candidate: one token fed, the stored numbers computed from the full logits) vs the bare
-  decode of one token at the same positions, interleaved; target <= 1.15x. And vs
-  `Engine.step` on the float32 Hugging Face model at the same lengths (the speed-up).
+  decode of one token at the same positions; target <= 1.15x. And vs `Engine.step` on the
+  float32 Hugging Face model at the same positions (the speed-up). The three run one after
+  another in every repeat, and the ratios are medians of per-repeat ratios, so a burst of
+  other work on the machine (2 cores shared) hits them alike.
 - step after a pop @ L: a sibling of the tip (pop, then a new candidate): tokens fed must be 1.
 - KV reuse @ L: two branches sharing L-32 tokens, each 32 tokens past the fork; switching from
   one to the other and appending a token, by (1) removing the other branch's tail and re-feeding
@@ -107,24 +109,31 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def bench_append(backend, bare: Bare, tokens, extra, L: int, reps: int) -> dict:
-    """Backend step vs bare decode on growing paths after L tokens, interleaved."""
+def bench_append(backend, bare: Bare, engine, tokens, extra, L: int, reps: int) -> dict:
+    """Per repeat, at the same position of a path growing from L tokens: the bare decode, the
+    backend's step and (with `engine`) the transformers engine's step, one after another, so a
+    burst of other work on the machine hits all three alike. Ratios are medians of the
+    per-repeat ratios."""
     bare.rm(0, -1)
     bare.rm(1, -1)
     bare.decode(tokens[:L], 0)
     backend.prefill(tokens[:L])
+    if engine is not None:
+        engine.prefill(tokens[:L])
     path = list(tokens[:L])
-    steps, floors = [], []
+    times = {"step": [], "bare": [], "engine": []}
     for r in range(reps + 1):  # the first is the warm-up
         t = extra[r % len(extra)]
         floor = timed(lambda: bare.decode([t], L + r))
         fed = backend.tokens_fed
         step = timed(lambda: backend.step(path, t))
         assert backend.tokens_fed - fed == 1, "an append must feed one token"
+        hf = timed(lambda: engine.step(path, t)) if engine is not None else float("nan")
         path.append(t)
         if r:
-            floors.append(floor)
-            steps.append(step)
+            times["bare"].append(floor)
+            times["step"].append(step)
+            times["engine"].append(hf)
     # Step after a pop: siblings of the tip, each a new candidate after the same parent.
     pops = []
     parent = path[:-1]
@@ -137,20 +146,14 @@ def bench_append(backend, bare: Bare, tokens, extra, L: int, reps: int) -> dict:
         assert backend.tokens_fed - fed == 1, "a step after a pop must feed one token"
         if r:
             pops.append(dt)
-    return dict(step=median_ms(steps), bare=median_ms(floors), pop=median_ms(pops),
-                step_min=1000 * min(steps), bare_min=1000 * min(floors))
-
-
-def bench_engine(engine, tokens, extra, L: int, reps: int) -> float:
-    engine.prefill(tokens[:L])
-    path, times = list(tokens[:L]), []
-    for r in range(reps + 1):
-        t = extra[r % len(extra)]
-        dt = timed(lambda: engine.step(path, t))
-        path.append(t)
-        if r:
-            times.append(dt)
-    return median_ms(times)
+    pairs = list(zip(times["step"], times["bare"], times["engine"]))
+    return dict(
+        step=median_ms(times["step"]), bare=median_ms(times["bare"]), pop=median_ms(pops),
+        engine=median_ms(times["engine"]) if engine is not None else None,
+        ratio=statistics.median(s / b for s, b, _ in pairs),
+        speedup=statistics.median(e / s for s, _, e in pairs) if engine is not None else None,
+        step_min=1000 * min(times["step"]), bare_min=1000 * min(times["bare"]),
+    )
 
 
 def bench_kv(bare: Bare, tokens, extra, L: int, reps: int) -> dict:
@@ -251,8 +254,12 @@ def run(work: Path, kind: str, lengths, reps: int, with_engine: bool) -> int:
     threads = physical_cores()
     extra_n = reps + 64
     rows, kv_rows = [], []
-    engine_ms: dict[int, float] = {}
-    tokens = extra = None
+    tokens = extra = engine = None
+    if with_engine:
+        from tokentree.lm.engine import Engine
+        from tokentree.lm.loader import load_model
+
+        engine = Engine(load_model(str(model_dir)))
     for quant, path in ggufs.items():
         t0 = time.perf_counter()
         backend = LlamaBackend(path, threads=threads)
@@ -261,43 +268,36 @@ def run(work: Path, kind: str, lengths, reps: int, with_engine: bool) -> int:
         if tokens is None:
             ids = corpus(backend.encode, max(lengths) + extra_n + TAIL)
             tokens, extra = ids[: max(lengths)], ids[max(lengths):]
+            if engine is not None:  # warm-up
+                engine.prefill(tokens[:16])
+                engine.step(tokens[:16], tokens[16])
         bare = Bare(backend)
         backend.prefill(tokens[:16])  # warm-up
         bare.decode(tokens[:16], 0)
         for L in lengths:
             log(f"{quant}: append @ {L}")
-            rows.append((quant, L, bench_append(backend, bare, tokens, extra, L, reps)))
+            rows.append((quant, L, bench_append(backend, bare, engine, tokens, extra, L, reps)))
             log(f"{quant}: KV reuse @ {L}")
             kv_rows.append((quant, L, bench_kv(bare, tokens, extra, L, reps)))
         bare.close()
         backend.close()
-    if with_engine:
-        from tokentree.lm.engine import Engine
-        from tokentree.lm.loader import load_model
-
-        engine = Engine(load_model(str(model_dir)))
-        engine.prefill(tokens[:16])
-        engine.step(tokens[:16], tokens[16])
-        for L in lengths:
-            log(f"transformers Engine.step @ {L}")
-            engine_ms[L] = bench_engine(engine, tokens, extra, L, reps)
 
     info = machine_info()
     from importlib.metadata import version
 
     info["llama-cpp-python"] = version("llama-cpp-python")
+    info["loadavg_end"] = os.getloadavg()
     print(f"\n## llama.cpp backend: {kind}, {threads} threads (physical cores), torch {torch.get_num_threads()} "
           f"threads, {reps} repeats\n")
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()) + "\n")
-    print("| GGUF | L | LlamaBackend.step ms | bare llama_decode ms | ratio (target <= 1.15x) | "
+    print("| GGUF | L | LlamaBackend.step ms | bare llama_decode ms | step / bare (target <= 1.15x) | "
           "step after pop ms | Engine.step (HF f32) ms | speed-up vs Engine |")
     print("|---|---|---|---|---|---|---|---|")
     for quant, L, r in rows:
-        eng = engine_ms.get(L)
-        eng_text = "-" if eng is None else f"{eng:.1f}"
-        speed = "-" if eng is None else f"{eng / r['step']:.2f}x"
+        eng = "-" if r["engine"] is None else f"{r['engine']:.1f}"
+        speed = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
         print(f"| {quant} | {L} | {r['step']:.1f} (min {r['step_min']:.1f}) | {r['bare']:.1f} (min {r['bare_min']:.1f}) "
-              f"| {r['step'] / r['bare']:.3f}x | {r['pop']:.1f} | {eng_text} | {speed} |")
+              f"| {r['ratio']:.3f}x | {r['pop']:.1f} | {eng} | {speed} |")
     print(f"\n### KV reuse: switch to another branch ({TAIL} tokens past the fork) and append one token\n")
     print("| GGUF | L | pop (seq_rm 1 pos) ms | fork (seq_cp) ms | (1) seq_rm + re-feed 33 tokens ms | "
           "(2) forked lines: 1 token ms | (3) state save ms | (3) state restore + 1 token ms | state MiB |")

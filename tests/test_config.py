@@ -19,11 +19,12 @@ def test_shipped_config_sets_every_setting_to_its_default():
     defaults = Config()
     sections = {f.name: getattr(defaults, f.name) for f in fields(Config)
                 if is_dataclass(getattr(defaults, f.name))}
-    assert set(raw) == {*sections, "keys"}
+    assert set(raw) == {*sections, "keys", "structs"}
     for section, values in sections.items():
         expected = {f.name: getattr(values, f.name) for f in fields(values)}
         assert raw[section] == expected, section
     assert raw["keys"] == {}  # every key binding stays the registry's default
+    assert raw["structs"] == {}  # the regex constraints are prompts/structs/*.txt
     shipped = load_config(path)
     assert shipped.source == path
     assert replace(shipped, source=None) == defaults

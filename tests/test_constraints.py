@@ -526,7 +526,7 @@ def test_help_lists_the_constraint_keys(store, no_shipped):
     app = _app(store)
     app.press("?")
     screen = "\n".join(_lines(app, (120, 60)))
-    assert "toggle_constraint: regex constraint on or off" in screen
+    assert "toggle_constraint: regex constraint on from here, or off" in screen
     assert "cycle_constraint: next regex constraint" in screen
 
 

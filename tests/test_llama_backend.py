@@ -16,7 +16,7 @@ import pytest
 from tokentree.config import Config, DisplayConfig, ExploreConfig, SamplingConfig, parse_config
 from tokentree.errors import ConfigError, ModelLoadError
 from tokentree.lm import gguf
-from tokentree.lm.open import GgufSource, gguf_source, pick_quant
+from tokentree.lm.open import GgufSource, gguf_source, open_gguf, pick_quant
 
 pytest.importorskip("llama_cpp")
 
@@ -105,6 +105,9 @@ def test_info_and_capabilities(llama, tiny_gguf):
     out, analysis = llama.step_with_analysis(llama.encode("Once"), 5, influence=True, lens_count=4)
     assert analysis.influence is None and analysis.lens_probs is None
     assert llama.analyze(llama.encode("Once upon"), influence=True, lens_ids=[1, 2]).influence is None
+    llama.close()
+    with pytest.raises(RuntimeError, match="closed"):  # never a read of freed memory
+        llama.step([5], 6)
 
 
 def test_fingerprint_is_the_file_content_and_its_quantization(tiny_gguf, tiny_gguf_f16, tmp_path):
@@ -144,6 +147,12 @@ def test_threads_default_to_physical_cores_and_config_overrides(tiny_gguf):
         backend.close()
     config = parse_config({"llama": {"threads": 3, "n_ctx": 0}})
     assert config.llama.threads == 3 and config.llama.n_ctx == 0
+    opened = open_gguf(str(tiny_gguf), config)  # as launch opens a .gguf --model
+    try:
+        assert opened.threads == 3 and opened.info.context_length == 256  # 0: the trained context
+        assert isinstance(opened, LlamaBackend) and opened.info.name == str(tiny_gguf)
+    finally:
+        opened.close()
     with pytest.raises(ConfigError, match="llama.threads"):
         parse_config({"llama": {"threads": -1}})
     with pytest.raises(ConfigError, match="unknown key llama.gpu"):
@@ -389,7 +398,8 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, case):
         "corrupt": ("bad.gguf", "as a GGUF model: invalid magic characters"),
         "missing": ("nowhere.gguf", "GGUF file not found"),
         "no-extra": ("nowhere.gguf", "install the llama extra (uv run --extra llama tokentree"),
-        "hub-offline": ("someone/some-repo-GGUF:model.gguf", "cannot fetch someone/some-repo-GGUF:model.gguf from the hub"),
+        "hub-offline": ("someone/some-repo-GGUF:model.gguf",
+                        "cannot fetch someone/some-repo-GGUF:model.gguf from the hub"),
     }[case]
     (tmp_path / "bad.gguf").write_bytes(b"GARBAGE" * 100)
     status, output = _cli(["--model", model, "--input", str(prompt)], tmp_path, hide_llama=case == "no-extra")
@@ -407,7 +417,7 @@ def test_the_command_explores_resumes_and_exports_a_gguf_session(tmp_path, tiny_
     prompt = tmp_path / "story.txt"
     prompt.write_text("Once upon a time", encoding="utf-8")
     term = Terminal(["--model", str(tiny_gguf), "--input", str(prompt)], tmp_path)
-    term.wait_for("Once upon a time", " idle ", "F32")
+    term.wait_for("Once upon a time", " idle ", tiny_gguf.name)
     term.keys(DOWN, RIGHT, settle="+1 ")
     term.keys(CTRL_Q)
     assert term.finish() == 0

@@ -115,10 +115,10 @@ COMMANDS: tuple[Command, ...] = (
             target="explorer", method="toggle_sampler"),
     Command("cancel", ("esc",), "cancel a running fill",
             target="explorer", method="cancel"),
-    Command("toggle_constraint", ("r",), "regex constraint on or off: only tokens that keep the text "
-            "matching it (from here)", target="explorer", method="toggle_constraint"),
-    Command("cycle_constraint", ("R",), "next regex constraint (prompts/structs/*.txt, [structs]); "
-            "while one is on, it takes its place", target="explorer", method="cycle_constraint"),
+    Command("toggle_constraint", ("r",), "regex constraint on from here, or off: only tokens that keep a match",
+            target="explorer", method="toggle_constraint"),
+    Command("cycle_constraint", ("R",), "next regex constraint (prompts/structs, [structs]), in place of one on",
+            target="explorer", method="cycle_constraint"),
     Command("compare", ("c",), "compare the branch with another, token by token (pick it, enter)",
             target="app", method="open_compare"),
     Command("pick_up", ("up", "k", "w"), "picker: previous item; a view: scroll up",

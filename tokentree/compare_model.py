@@ -1,6 +1,6 @@
 """`--compare-model NAME`: the second model the explorer compares the session's model with.
 
-It is loaded the way the first one is (launch._load_engine): a Hugging Face name or local
+It is loaded the way the first one is (the launcher's _load_engine): a Hugging Face name or local
 directory, a `.gguf` file, or a served model:
 - `--compare-model http(s)://HOST/v1`: the only model served there;
 - with `--server URL` (the session's model is served), a NAME that is not a local path or a
@@ -77,15 +77,14 @@ def prepare_compare(args: argparse.Namespace, config, *, vocab_key: str, session
     name = getattr(args, "compare_model", None)
     if not name:
         return None
-    _load_engine = load_engine
     cargs, cconfig, model_name = compare_source(args, config, name)
     quick = quick_model(cargs, cconfig, model_name)
     if quick is not None:  # the tokenizer without torch: the model itself loads behind the screen
         if quick.vocab_key != vocab_key:
             raise refuse(name, session_model)
         return PreparedCompare(name, quick.fingerprint,
-                               load=lambda: _load_engine(cargs, cconfig, model_name, quiet=True))
-    engine = _load_engine(cargs, cconfig, model_name)  # its progress shows before the screen
+                               load=lambda: load_engine(cargs, cconfig, model_name, quiet=True))
+    engine = load_engine(cargs, cconfig, model_name)  # its progress shows before the screen
     if engine.info.vocab_key != vocab_key:
         engine.close()
         raise refuse(name, session_model)

@@ -239,11 +239,9 @@ def _load_engine(args: argparse.Namespace, config: Config, model_name: str, *, q
     server = getattr(args, "server", None) or config.server.url
     if server:
         return _connect_server(args, config, server, model_name, quiet=quiet)
-    from tokentree.lm.open import gguf_source
+    from tokentree.lm.open import gguf_source, open_gguf
 
     if gguf_source(model_name) is not None:  # a .gguf file or REPO:FILE.gguf: llama.cpp in process
-        from tokentree.lm.llama import open_gguf
-
         return open_gguf(model_name, config, quiet=quiet)
     from tokentree.lm.engine import Engine
     from tokentree.lm.loader import load_model

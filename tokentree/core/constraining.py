@@ -66,6 +66,7 @@ class ConstraintCommands:
         self._indexes: dict[str, ConstraintIndex | str] = {}  # pattern -> index, or why there is none
         self._positions: OrderedDict[tuple[str, int, int], Position] = OrderedDict()  # (pattern, depth, node)
         self._rx_seen: tuple[int, dict] | None = None  # (session version, branch id -> Constraint)
+        self._rx_wanted: tuple[str, str] | None = None  # (name, pattern) whose index the screen waits for
         self._screen.mask = self._mask
 
     # ------------------------------------------------------------------ commands
@@ -110,6 +111,8 @@ class ConstraintCommands:
         with self._view.reading():
             depth = self._view.node(branch.node_id).depth
         self._command(self.store.set_constraint, branch.id, struct.name, struct.pattern, depth=depth, run=run)
+        if struct.pattern not in self._indexes:
+            self._rx_wanted = (struct.name, struct.pattern)  # the next take_job builds its index
         self.message = (f"regex {struct.name} on from here: {_short(struct.pattern)}  (r: off, R: next, u undoes)"
                         f"{self._skipped()}")
 
@@ -170,6 +173,8 @@ class ConstraintCommands:
         if isinstance(entry, str) and entry != _COMPILING:
             return Mask(ConstraintLine(rule.name, "failed", filters=True, note=entry), True)
         if entry is None or entry == _COMPILING:
+            if entry is None:
+                self._rx_wanted = (rule.name, rule.pattern)  # the next take_job builds its index
             position = self._text_position(rule, node, out)  # byte by byte until the index is built
             if position is None:
                 note = "it compiles once the model is loaded" if self.engine is None else "compiling its index"
@@ -205,13 +210,13 @@ class ConstraintCommands:
         """The index the focused branch's constraint needs, built in the worker: the
         vocabulary once (its token table from the data dir when a session had it before),
         then the pattern's matcher."""
-        if self.engine is None:
+        if self.engine is None or self._rx_wanted is None:
+            return None  # no store read here: the screen says which index it waits for
+        name, pattern = self._rx_wanted
+        self._rx_wanted = None
+        if pattern in self._indexes:
             return None
-        with self._view.reading():
-            rule = self._branch_constraints().get(self._focused_branch().id)
-        if rule is None or rule.pattern in self._indexes:
-            return None
-        pattern, engine, vocab_key, vocabulary = rule.pattern, self.engine, self.vocab_key, self._vocabulary
+        engine, vocab_key, vocabulary = self.engine, self.vocab_key, self._vocabulary
         stops = sorted(engine.stop_ids("eos"))
         self._indexes[pattern] = _COMPILING
 
@@ -226,14 +231,14 @@ class ConstraintCommands:
             self._in_flight = None
             self._vocabulary, self._indexes[pattern] = result
             if isinstance(result[1], str):
-                self.message = f"regex {rule.name} cannot be used with this model: {result[1]}"
+                self.message = f"regex {name} cannot be used with this model: {result[1]}"
 
         def fail(exc: BaseException) -> None:
             self._in_flight = None
-            log.error("compiling the regex %s failed", rule.name, exc_info=exc)
+            log.error("compiling the regex %s failed", name, exc_info=exc)
             self._indexes[pattern] = f"compiling it failed: {exc}"
 
-        task = Task(label=f"compiling regex {rule.name}", run=run, finish=finish, fail=fail)
+        task = Task(label=f"compiling regex {name}", run=run, finish=finish, fail=fail)
         self._in_flight = task
         return task
 
@@ -287,7 +292,7 @@ def nothing_allowed(line: ConstraintLine) -> str:
     if line.status == "failed":
         return f"regex {name} cannot be used with this model (r switches it off)"
     if line.status == DEAD:
-        return f"regex {name} is dead here: no text can match any more (pop back, or r switches it off)"
+        return f"regex {name} is dead here: the text since it was switched on cannot match"
     if line.status == COMPLETE and not line.can_continue:
         return (f"regex {name} is complete: only an end-of-text token may follow, and none is in the "
                 f"top {line.top_k} (r switches it off)")

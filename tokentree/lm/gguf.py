@@ -1,11 +1,12 @@
-"""A GGUF file's identity, for the output cache and the session's vocabulary check (pure, no
-llama.cpp here).
+"""A GGUF file's identity, for the output cache and the session's vocabulary check, read
+without llama.cpp (which is only imported, by `require_llama`).
 
 - fingerprint: `gguf:FILE@content-HASH:QUANT`. HASH covers the file's whole header (every
   metadata key and value, the tokenizer included, and every tensor's name, shape, type and
   offset) plus its size and modification time, so a re-quantized or replaced file never
   reuses cached numbers; QUANT (F32, F16, Q4_K_M, ...) is spelled out so that numbers of two
   quantizations never mix even by name. Only the header is read, never the weights.
+- require_llama: llama-cpp-python, or one line naming the extra that installs it.
 - vocab_key: the same hash `lm.loader.vocab_key` makes of a Hugging Face tokenizer, rebuilt
   from the GGUF's token list, so a session moves between a model and its GGUF conversion.
 """
@@ -19,10 +20,14 @@ import struct
 from collections.abc import Sequence
 from pathlib import Path
 
+from tokentree.errors import ModelLoadError
+
 # GGUF value types -> fixed size in bytes (8 = string, 9 = array are variable).
 _SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _STRING, _ARRAY = 8, 9
 _HEAD = 1 << 20  # without a readable header, the first MiB stands in for it
+MISSING = ("GGUF models need llama-cpp-python: install the llama extra "
+           "(uv run --extra llama tokentree --model FILE.gguf)")
 
 
 def header_end(buf) -> int:
@@ -73,6 +78,19 @@ def content_hash(path: Path) -> str:
             end = min(len(buf), _HEAD)
         digest.update(buf[:end])
     return digest.hexdigest()
+
+
+def require_llama():
+    """The llama_cpp module; ModelLoadError (one line, naming the extra) if it is missing or
+    its shared library does not load."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise ModelLoadError(MISSING) from None
+    except Exception as exc:  # noqa: BLE001 -- the shared library failed to load
+        raise ModelLoadError(f"llama-cpp-python is installed but does not load ({exc}); "
+                             "reinstall the llama extra") from None
+    return llama_cpp
 
 
 def fingerprint(path: Path, quant: str) -> str:

@@ -38,12 +38,9 @@ import torch
 import tokentree.lm.analysis as analysis
 from tokentree.errors import ModelLoadError
 from tokentree.lm import gguf
-from tokentree.lm.open import GgufSource, gguf_source, resolve_gguf
 from tokentree.outputs import Analysis, Capabilities, ModelInfo, NodeOutput
 
 NEEDS_TRANSFORMERS = "needs the transformers backend (llama.cpp gives no attention weights or hidden states)"
-MISSING = ("GGUF models need llama-cpp-python: install the llama extra "
-           "(uv run --extra llama tokentree --model FILE.gguf)")
 DEFAULT_N_CTX = 8192  # KV cells shared by every cached line (12 KiB each for Qwen2.5-0.5B in F16)
 PREFILL_CHUNK = 256  # tokens per decode call of a prompt: [256, 151,936] float32 logits are 148 MiB
 LINES = 16  # llama.cpp sequences used as cache lines
@@ -60,13 +57,9 @@ class ContextFull(ValueError):
 
 
 def import_llama():
-    """The llama_cpp module; ModelLoadError (one line, naming the extra) if it is missing."""
-    try:
-        import llama_cpp
-    except ImportError:
-        raise ModelLoadError(MISSING) from None
-    except Exception as exc:  # noqa: BLE001 -- its shared library failed to load
-        raise ModelLoadError(f"llama-cpp-python is installed but does not load ({exc}); reinstall the llama extra") from None
+    """The llama_cpp module, its log routed to the log file; ModelLoadError (one line, naming
+    the extra) if it is missing."""
+    llama_cpp = gguf.require_llama()
     _quiet(llama_cpp)
     return llama_cpp
 
@@ -245,7 +238,8 @@ class LlamaBackend:
         self.n_ctx = lib.llama_n_ctx(ctx)
         self._n_logits = lib.llama_vocab_n_tokens(self._vocab)  # rows of llama.cpp's logits
         texts, attrs = self._token_table()
-        padding = [gguf.is_padding(i, t, bool(a & lib.LLAMA_TOKEN_ATTR_UNUSED)) for i, (t, a) in enumerate(zip(texts, attrs))]
+        unused = lib.LLAMA_TOKEN_ATTR_UNUSED
+        padding = [gguf.is_padding(i, t, bool(a & unused)) for i, (t, a) in enumerate(zip(texts, attrs))]
         # The real vocabulary: up to the last id that is not a converter's padding row.
         self.vocab_size = next((i + 1 for i in range(len(texts) - 1, -1, -1) if not padding[i]), len(texts))
         control = [bool(a & lib.LLAMA_TOKEN_ATTR_CONTROL) for a in attrs]
@@ -254,8 +248,9 @@ class LlamaBackend:
             influence=False, layer_lens=False, influence_note=NEEDS_TRANSFORMERS,
             layer_lens_note=NEEDS_TRANSFORMERS, prompt_logprobs=True, exact_entropy=True, parallel=1,
         )
+        plural = "" if self.threads == 1 else "s"
         self.info = ModelInfo(
-            name=name, device=f"cpu (llama.cpp, {self.threads} thread{'' if self.threads == 1 else 's'})", dtype=quant,
+            name=name, device=f"cpu (llama.cpp, {self.threads} thread{plural})", dtype=quant,
             fingerprint=gguf.fingerprint(path, quant),
             vocab_key=gguf.vocab_key(texts, control, added, padding),
             context_length=self.n_ctx, num_layers=lib.llama_model_n_layer(model),
@@ -268,8 +263,9 @@ class LlamaBackend:
 
     def _token_table(self) -> tuple[list[str], list[int]]:
         lib, vocab = self._lib, self._vocab
-        texts = [(lib.llama_vocab_get_text(vocab, i) or b"").decode("utf-8", "replace") for i in range(self._n_logits)]
-        return texts, [lib.llama_vocab_get_attr(vocab, i) for i in range(self._n_logits)]
+        ids = range(self._n_logits)
+        texts = [(lib.llama_vocab_get_text(vocab, i) or b"").decode("utf-8", "replace") for i in ids]
+        return texts, [lib.llama_vocab_get_attr(vocab, i) for i in ids]
 
     def close(self) -> None:
         """Free llama.cpp's batch, context and model (idempotent)."""
@@ -285,6 +281,13 @@ class LlamaBackend:
                 lib.llama_model_free(self._model)
                 self._model = None
 
+    def _live(self):
+        """llama_cpp, while the model is loaded: after `close` a call raises instead of
+        reading freed memory."""
+        if self._ctx is None:
+            raise RuntimeError("the llama.cpp model is closed")
+        return self._lib
+
     def __del__(self):
         try:
             self.close()
@@ -295,7 +298,7 @@ class LlamaBackend:
     def encode(self, text: str) -> list[int]:
         """Ids from the GGUF's own tokenizer: special tokens in the text are parsed, and BOS is
         added when the GGUF says so (as a Hugging Face tokenizer's encode does)."""
-        lib = self._lib
+        lib = self._live()
         raw = text.encode("utf-8")
         size = len(raw) + 8
         for _ in range(2):
@@ -313,7 +316,7 @@ class LlamaBackend:
     def _piece(self, token: int) -> bytes:
         piece = self._pieces.get(token)
         if piece is None:
-            lib, size = self._lib, 64
+            lib, size = self._live(), 64
             while True:
                 buf = ctypes.create_string_buffer(size)
                 n = lib.llama_token_to_piece(self._vocab, token, buf, size, 0, True)
@@ -331,7 +334,7 @@ class LlamaBackend:
             raise ValueError(f'fill_stop must be "eos" or "line", not {fill_stop!r}')
         ids = self._stop_ids.get(fill_stop)
         if ids is None:
-            lib, vocab = self._lib, self._vocab
+            lib, vocab = self._live(), self._vocab
             found = {lib.llama_vocab_eos(vocab), lib.llama_vocab_eot(vocab)}
             found.update(i for i in range(self.vocab_size) if lib.llama_vocab_is_eog(vocab, i))
             found = {i for i in found if 0 <= i < self.vocab_size}
@@ -355,6 +358,7 @@ class LlamaBackend:
         dists: list = []
         scores: list[tuple[float | None, int | None]] = [(None, None)]
         with self._lock:
+            self._live()
             self.forward_passes += 1
             line = self._new_line()
             try:
@@ -384,6 +388,7 @@ class LlamaBackend:
         self._check_ids((token,))
         self._check_length(len(target))
         with self._lock:
+            self._live()
             parent = self._kept_logits(prefix) if prefix else None
             rerun = bool(prefix) and parent is None  # the parent's last token runs again, same call
             line, start = self._checkout(target, feed_at_least=2 if rerun else 1)
@@ -433,6 +438,7 @@ class LlamaBackend:
         generator = torch.Generator()
         generator.manual_seed(int(seed))
         with self._lock:
+            self._live()
             first, source = self._prefix_line(prefix)
             for group in range(0, count, SAMPLE_ROWS):
                 rows = list(range(group, min(count, group + SAMPLE_ROWS)))
@@ -622,23 +628,3 @@ class LlamaBackend:
         self._lines = [x for x in self._lines if x is not line]
         if line.seq not in self._free and line.seq < LINES:
             self._free.append(line.seq)
-
-
-# ------------------------------------------------------------------ opening
-
-
-def open_gguf(name: str, config, *, quiet: bool = True) -> LlamaBackend:
-    """The LlamaBackend for a GGUF model name (lm/open.py: a path or REPO:FILE.gguf) with the
-    [llama] and [display] settings of `config`; ModelLoadError (one line) if it cannot load."""
-    import sys
-
-    source: GgufSource | None = gguf_source(name)
-    if source is None:
-        raise ModelLoadError(f"{name!r} does not name a GGUF file")
-    import_llama()  # the missing extra is the first thing to say
-    path = resolve_gguf(source)
-    if not quiet:
-        print(f"tokentree: loading {source.name} (llama.cpp) ...", file=sys.stderr, flush=True)
-    cfg = config.llama
-    return LlamaBackend(path, name=source.name, threads=cfg.threads, n_ctx=cfg.n_ctx, top_k=config.top_k,
-                        cache_size=config.display.cache_size)

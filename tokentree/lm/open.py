@@ -7,7 +7,8 @@ A GGUF model runs in process through llama.cpp (lm/llama.py). It is named either
   the repository's one GGUF file whose name contains the tag; listing the repository needs
   the network, so offline name the file).
 Every other name is a Hugging Face model (a hub id or a directory). No heavy imports here:
-the choice is made before torch or llama.cpp load.
+the choice is made, and a bad name or a missing llama extra reported, before torch or
+llama.cpp load.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tokentree.errors import ModelLoadError
+from tokentree.lm.gguf import require_llama
 
 _HUB = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+):(?P<spec>[^:\s]+)")
 
@@ -60,15 +62,22 @@ def pick_quant(files: list[str], tag: str) -> str:
     raise ModelLoadError(f"several GGUF files match {tag!r} ({', '.join(sorted(found)[:4])}); name one: REPO:FILE.gguf")
 
 
-def resolve_gguf(source: GgufSource) -> Path:
+def resolve_gguf(source: GgufSource, *, progress: bool = True) -> Path:
     """The local file of `source`: the path itself, or the hub file from the Hugging Face cache
-    (downloaded if it is not there yet). ModelLoadError, one line, if there is none."""
+    (downloaded if it is not there yet, with a progress bar on stderr unless `progress` is
+    False: behind the screen nothing may print). ModelLoadError, one line, if there is none."""
     if source.path is not None:
         if not source.path.is_file():
             raise ModelLoadError(f"GGUF file not found: {source.path}")
         return source.path
     from huggingface_hub import hf_hub_download, list_repo_files
+    from huggingface_hub.utils import logging as hub_logging
 
+    hub_logging.set_verbosity_error()  # its retry warnings would print over the terminal
+    if not progress:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
     repo, spec = source.repo, source.spec
     try:
         filename = spec if spec.lower().endswith(".gguf") else pick_quant(list_repo_files(repo), spec)
@@ -78,3 +87,26 @@ def resolve_gguf(source: GgufSource) -> Path:
     except Exception as exc:  # noqa: BLE001 -- offline, missing repo or file, network: one line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelLoadError(f"cannot fetch {source.name} from the hub: {first}") from None
+
+
+def open_gguf(name: str, config, *, quiet: bool = True):
+    """The LlamaBackend (lm/llama.py) for a GGUF model name, with the [llama] and [display]
+    settings of `config`; ModelLoadError, one line, if it cannot load. The cheap checks come
+    first: the llama extra, the file (or the hub download), then torch and the model."""
+    import sys
+
+    source = gguf_source(name)
+    if source is None:
+        raise ModelLoadError(f"{name!r} does not name a GGUF file")
+    require_llama()  # before a download or torch: the missing extra is the first thing to say
+    path = resolve_gguf(source, progress=not quiet)
+    if not quiet:
+        print(f"tokentree: loading {source.name} (llama.cpp) ...", file=sys.stderr, flush=True)
+    from tokentree.lm.llama import PREFILL_CHUNK, LlamaBackend
+
+    cfg = config.llama
+    # [model] prefill_chunk bounds a prompt's memory here too; llama.cpp holds a chunk's logits
+    # and its compute buffer at once, so at most PREFILL_CHUNK tokens go per call.
+    return LlamaBackend(path, name=source.name, threads=cfg.threads, n_ctx=cfg.n_ctx, top_k=config.top_k,
+                        cache_size=config.display.cache_size,
+                        prefill_chunk=min(config.model.prefill_chunk, PREFILL_CHUNK))

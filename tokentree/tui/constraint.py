@@ -53,6 +53,8 @@ def constraint_legend(line: ConstraintLine | None) -> list:
         return head + [("legend", f": {line.note}; the table is not filtered here")]
     if line.status in ("compiling", "failed"):
         return head + [("legend", f": {safe(line.note or '')}")]
+    if line.status == "dead":
+        return head + [("legend", ": no text can match any more; pop back, or r switches it off")]
     if line.allowed is None:
         return head
     text = f" \u00b7 prob renormalized over the {line.allowed} allowed of the top {line.top_k}"
