@@ -12,6 +12,7 @@ first decoder layer. See benchmarks/README.md for what each figure means.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -63,6 +64,9 @@ class Plan:
     sample_reps: int = 3  # Engine.sample and sequential greedy fills, per length
     isolated: bool = True  # resume/export in fresh processes
     model_dir: str | None = None  # an existing model directory instead of building one
+    feel: bool = True  # launch to first screen, and the prefetch hit rate (as a person feels them)
+    first_screen_runs: int = 3
+    prefetch_appends: int = 20
 
 
 FULL = Plan(model="qwen2.5-0.5b-shape", lengths=(64, 256, 1024), prefill_len=1000,
@@ -360,14 +364,31 @@ def bench_model(res: Results, plan: Plan, work: Path, log) -> None:
                 cache.crop(-1)
             return dt
 
+        def recompute(r):
+            # Token Explorer's way: a full pass over the whole prefix per key press. Only the
+            # last position's logits are asked for (logits_to_keep=1), so the LM head runs on
+            # one row, not L: the baseline is not inflated by work nobody reads.
+            keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+            with torch.inference_mode():
+                ids = prefix + [extra[r % len(extra)]]
+                sync()
+                t0 = time.perf_counter()
+                forward(ids, **keep)
+                sync()
+                return time.perf_counter() - t0
+
         bare_step(0)  # warm-up at this length
         key_to_data(explorer.append)
         n_step = len(probe.samples["step"])
+        rec = []
+        log(f"prefix {L}: bare steps, explorer appends and {rec_reps} recomputes, interleaved")
         for r in range(plan.step_reps):
             bare.append(bare_step(r + 1))
             dt, got, snap = key_to_data(explorer.append)
             k2d.append(dt)
             counts.append(got)
+            if r < rec_reps:  # interleaved: the same machine load as the step it is compared with
+                rec.append(recompute(r))
         del cache
         bare_ms = median(bare) * 1000
         res.add("append (uncached)", f"bare HF step @ {L}", bare_ms, "ms", n=len(bare), passes=1,
@@ -384,6 +405,11 @@ def bench_model(res: Results, plan: Plan, work: Path, log) -> None:
         res.raw.setdefault("samples_ms", {})[f"bare@{L}"] = [x * 1000 for x in bare]
         res.raw["samples_ms"][f"step@{L}"] = [x * 1000 for x in step_s]
         res.raw["samples_ms"][f"append_k2d@{L}"] = [x * 1000 for x in k2d]
+        rec_ms = median(rec) * 1000
+        res.add("append (uncached)", f"recompute (full pass) @ {L}", rec_ms, "ms", n=len(rec), low=min(rec) * 1000,
+                baseline="tokentree Engine.step (speed-up)", ratio=rec_ms / step_ms, passes=1,
+                note="Token Explorer: model(input_ids=prefix + [t], logits_to_keep=1), interleaved with the steps")
+        res.raw["samples_ms"][f"recompute@{L}"] = [x * 1000 for x in rec]
 
         # --- after a pop: another candidate at the same node (a sibling)
         sib, sib_counts, pops = [], [], []
@@ -403,22 +429,6 @@ def bench_model(res: Results, plan: Plan, work: Path, log) -> None:
                 n=len(sib_engine), low=min(sib_engine) * 1000, baseline="bare HF step", ratio=median(sib_engine) * 1000 / bare_ms,
                 passes=sib_passes, note="pop, pick another candidate, append: the parent's kept logits let it feed one token")
 
-        # --- recompute: Token Explorer's full pass over the whole prefix per key press
-        log(f"prefix {L}: recompute x{rec_reps}")
-        rec = []
-        with torch.inference_mode():
-            for r in range(rec_reps):
-                ids = prefix + [extra[r]]
-                sync()
-                t0 = time.perf_counter()
-                forward(ids)
-                sync()
-                rec.append(time.perf_counter() - t0)
-        rec_ms = median(rec) * 1000
-        res.add("append (uncached)", f"recompute (full pass) @ {L}", rec_ms, "ms", n=len(rec), low=min(rec) * 1000,
-                baseline="tokentree Engine.step (speed-up)", ratio=rec_ms / step_ms, passes=1,
-                note="Token Explorer: model(input_ids=prefix + [t])")
-        res.raw["samples_ms"][f"recompute@{L}"] = [x * 1000 for x in rec]
 
         # --- cached nodes: pop back and re-append along the explored path
         log(f"prefix {L}: cached pops and appends")
@@ -682,6 +692,43 @@ def render(res: Results, plan: Plan, wall_s: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def bench_feel(res: Results, plan: Plan, work: Path, log) -> None:
+    """Launch to first screen (the real command in a pty, tiny model: what it measures is
+    imports and start-up, not the model) and the prefetch hit rate on the plan's model."""
+    from benchmarks.first_screen import _tiny_model, measure
+    from benchmarks.models import build_model_dir
+    from benchmarks.server_prefetch import scripted_session
+    from tokentree.lm.engine import Engine
+    from tokentree.lm.loader import load_model
+
+    tiny = _tiny_model(work / "feel")
+    for quick, label in ((False, "load first (before)"), (True, "prompt first (now)")):
+        log(f"first screen: {label} x{plan.first_screen_runs}")
+        times = measure(tiny, plan.first_screen_runs, work / f"feel-{quick}", quick=quick)
+        res.add("first screen", f"launch to prompt on screen, {label}", median(times["prompt"]), "s",
+                n=len(times["prompt"]), low=min(times["prompt"]), note="tiny model, real command in a pty")
+        res.add("first screen", f"launch to candidate table, {label}", median(times["table"]), "s",
+                n=len(times["table"]), low=min(times["table"]))
+
+    model_dir = plan.model_dir or build_model_dir(plan.model, work / "feel-model")
+    engine = Engine(load_model(str(model_dir)), top_k=64)
+    prefix = engine.encode("Once upon a time, in a small village by the sea, there lived")
+    engine.prefill(prefix)
+    steps = []
+    for r in range(3):
+        t0 = time.perf_counter()
+        engine.step(prefix, 10 + r)
+        steps.append(time.perf_counter() - t0)
+    pause = 2 * median(steps)
+    for count in (0, 4):
+        log(f"prefetch {count}: {plan.prefetch_appends} appends, {pause * 1000:.0f} ms pause before each")
+        got = scripted_session(engine, plan.prefetch_appends, pause, count, work / f"prefetch-{count}.db")
+        res.add("prefetch", f"appends shown < 10 ms, prefetch {count}", got["hit_rate"] * 100, "%",
+                n=plan.prefetch_appends, note=f"pause {pause * 1000:.0f} ms (2 step times) before each append; "
+                f"median key to data {got['median_ms']:.1f} ms; {got['steps_per_append']:.2f} steps per append "
+                "(the extra compute)")
+
+
 def run(plan: Plan, *, work: Path | None = None, log=print, keep_going: bool = False) -> tuple[Results, float]:
     t_start = time.perf_counter()
     res = Results(meta=machine_info())
@@ -689,7 +736,8 @@ def run(plan: Plan, *, work: Path | None = None, log=print, keep_going: bool = F
         work = Path(work or tmp)
         work.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("TOKENTREE_HOME", str(work / "home"))
-        for name, section, wanted in (("model", bench_model, plan.model), ("trees", bench_trees, plan.tree_sizes)):
+        for name, section, wanted in (("model", bench_model, plan.model), ("trees", bench_trees, plan.tree_sizes),
+                                      ("feel", bench_feel, plan.feel and plan.model)):
             if not wanted:
                 continue
             try:

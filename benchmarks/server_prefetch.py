@@ -124,6 +124,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="tiny", choices=("tiny", "qwen2.5-0.5b-shape"))
     parser.add_argument("--appends", type=int, default=30)
     parser.add_argument("--prefetch", type=int, default=4)
+    parser.add_argument("--model-dir", help="an existing model directory (skips building one)")
+    parser.add_argument("--gguf", help="an existing F32 GGUF of --model-dir (skips the conversion)")
     args = parser.parse_args(argv)
 
     from gguf_model import convert
@@ -133,8 +135,8 @@ def main(argv=None) -> int:
     from tokentree.lm.server import connect
 
     work = Path(tempfile.mkdtemp(prefix="tokentree-bench-"))
-    model_dir = build_model_dir(args.model, work / "model")
-    gguf = convert(model_dir, work / "model-f32.gguf", "f32")
+    model_dir = Path(args.model_dir) if args.model_dir else build_model_dir(args.model, work / "model")
+    gguf = Path(args.gguf) if args.gguf else convert(model_dir, work / "model-f32.gguf", "f32")
     server = LlamaServer(gguf, work / "server.log").start(timeout=300)
     try:
         backend = connect(server.url, model=server.model, tokenizer=str(model_dir), top_logprobs=20,

@@ -18,7 +18,7 @@ def test_quick_benchmark_structure_and_pass_counts(tiny_model, tmp_path):
     plan = Plan(
         model="tiny", model_dir=str(tiny_model), lengths=(8, 16), prefill_len=24, tree_sizes=(150,),
         step_reps=2, sibling_reps=1, recompute_reps=(1,), prefill_reps=1, cached_reps=2, analysis_reps=1,
-        resume_reps=2, resume_procs=1, export_reps=1, isolated=False,
+        resume_reps=2, resume_procs=1, export_reps=1, isolated=False, feel=False,  # feel: a pty launch each
     )
     res, wall = run(plan, work=tmp_path / "work", log=lambda msg: None)
 
