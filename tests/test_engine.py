@@ -169,7 +169,7 @@ def test_bf16_outputs_are_float32_and_close_to_float32(tiny_models, loaded):
     ref, out = fp32.step(prompt, 12), bf16.step(prompt, 12)
     assert out.token_prob == pytest.approx(ref.token_prob, rel=0.2)
     assert out.next.entropy == pytest.approx(ref.next.entropy, abs=0.15)
-    assert all(row.dtype == torch.float32 for row in bf16._logits.values())
+    assert all(row.dtype == torch.float32 for row in bf16._logits._rows.values())
     lens = bf16.analyze(prompt + [12], influence=True, lens_ids=ref.next.top_ids[:3])
     lens_ref = fp32.analyze(prompt + [12], influence=True, lens_ids=ref.next.top_ids[:3])
     assert torch.allclose(torch.tensor(lens.lens_probs), torch.tensor(lens_ref.lens_probs), atol=0.05)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ import torch
 
 import tokentree.lm.analysis as analysis
 from tokentree.lm.loader import LoadedModel
+from tokentree.lm.kept import KeptLogits, sample_request
 from tokentree.lm.tokens import TokenBytes
 from tokentree.outputs import Analysis, Capabilities, ModelInfo, NodeOutput
 
@@ -58,11 +58,6 @@ _PREFILL_ROWS_KEPT = 8  # a prefill keeps the logits of its last prefixes (a pop
 class _Line:
     tokens: tuple[int, ...]
     cache: object  # transformers Cache holding exactly len(tokens) positions
-
-
-def _own(row: torch.Tensor) -> torch.Tensor:
-    """A float32 copy of one logits row: a view would keep the whole [n, V] tensor alive."""
-    return row.to(torch.float32, copy=True)
 
 
 def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
@@ -120,7 +115,7 @@ class Engine:
         self._device = torch.device(loaded.input_device or loaded.device)
         self._lines: list[_Line] = []  # least recently used first
         # float32 [V] next-token logits after a prefix, least recently used first
-        self._logits: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()
+        self._logits = KeptLogits(self.cache_size)  # next-token logits of recent prefixes
         self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self._stop_ids: dict[str, frozenset[int]] = {}  # fill_stop -> ids (stop_ids)
         self.vocab_size, self.capabilities = self._probe()
@@ -178,7 +173,7 @@ class Engine:
                 end = min(start + self.prefill_chunk, n)
                 logits = self._run(line, tokens[:end], start).logits[0, :, : self.vocab_size]  # [chunk, V]
                 for i in range(max(keep_from, start), end):
-                    self._keep_logits(tokens[: i + 1], logits[i - start])  # the tip is the most recent
+                    self._logits.keep(tokens[: i + 1], logits[i - start])  # the tip is the most recent
                 for lo in range(start, end, _SUMMARY_ROWS):
                     hi = min(lo + _SUMMARY_ROWS, end)
                     # Row i predicts tokens[i + 1] (the next chunk's first token for a chunk's last
@@ -210,7 +205,7 @@ class Engine:
         if not self.capabilities.layer_lens:
             lens_count = 0  # fail closed: no lens numbers this model does not produce
         with torch.inference_mode():
-            parent_logits = self._kept_logits(prefix) if prefix else None
+            parent_logits = self._logits.get(prefix) if prefix else None
             # Without the parent's logits, its last token is re-run in the same call.
             rerun = bool(prefix) and parent_logits is None
             line, start = self._checkout(target, feed_at_least=2 if rerun else 1)
@@ -222,8 +217,8 @@ class Engine:
                 )
             vocab = self.vocab_size
             if rerun:
-                parent_logits = self._keep_logits(prefix, out.logits[0, -2, :vocab])
-            logits = self._keep_logits(target, out.logits[0, -1, :vocab])
+                parent_logits = self._logits.keep(prefix, out.logits[0, -2, :vocab])
+            logits = self._logits.keep(target, out.logits[0, -1, :vocab])
             prob, rank = analysis.token_prob_rank(parent_logits, token) if prefix else (None, None)
             dist = analysis.distributions(logits[None], self.top_k)[0]
             lens_ids = None
@@ -253,7 +248,7 @@ class Engine:
                     line, tokens, start, keep=1,
                     output_attentions=influence, output_hidden_states=lens_ids is not None,
                 )
-            self._keep_logits(tokens, out.logits[0, -1, : self.vocab_size])
+            self._logits.keep(tokens, out.logits[0, -1, : self.vocab_size])
             return self._analysis(out, influence, lens_ids)
 
     def sample(
@@ -284,13 +279,8 @@ class Engine:
 
         forward_passes and model_calls: one per step that ran, plus one if the prefix's logits
         and cache had to be computed first."""
-        prefix = tuple(prefix)
-        if not prefix:
-            raise ValueError("sample needs a prefix of at least one token")
+        prefix, count, steps = sample_request(prefix, settings, count, steps)
         self._check_ids(prefix)
-        if not settings.temperature > 0:
-            raise ValueError(f"temperature must be > 0, not {settings.temperature!r}")
-        count, steps = max(0, int(count)), max(0, int(steps))
         results: list[list[tuple[int, NodeOutput]]] = [[] for _ in range(count)]
         if not count or not steps:
             return results
@@ -335,7 +325,7 @@ class Engine:
         """(float32 next-token logits [V] after `prefix`, a KV cache of exactly `prefix` that
         no line shares a layer object with). A line holding `prefix` (or more) with the
         prefix's logits kept costs nothing; otherwise one call, as a step on `prefix` makes."""
-        logits = self._kept_logits(prefix)
+        logits = self._logits.get(prefix)
         if logits is not None:
             for line in reversed(self._lines):
                 if line.tokens[: len(prefix)] == prefix:
@@ -346,7 +336,7 @@ class Engine:
         line, start = self._checkout(prefix, feed_at_least=1)
         self.forward_passes += 1
         out = self._run(line, prefix, start, keep=1)
-        logits = self._keep_logits(prefix, out.logits[0, -1, : self.vocab_size])
+        logits = self._logits.keep(prefix, out.logits[0, -1, : self.vocab_size])
         return logits, _fork(line.cache)
 
     def stop_ids(self, fill_stop: str) -> frozenset[int]:
@@ -419,20 +409,6 @@ class Engine:
         from transformers import DynamicCache
 
         return DynamicCache(config=self.model.config)
-
-    def _keep_logits(self, tokens: tuple[int, ...], row: torch.Tensor) -> torch.Tensor:
-        """Remember the next-token logits after `tokens` (a float32 copy) as the most recent."""
-        kept = self._logits[tokens] = _own(row)
-        self._logits.move_to_end(tokens)
-        while len(self._logits) > self.cache_size:
-            self._logits.popitem(last=False)
-        return kept
-
-    def _kept_logits(self, tokens: tuple[int, ...]) -> torch.Tensor | None:
-        kept = self._logits.get(tokens)
-        if kept is not None:
-            self._logits.move_to_end(tokens)
-        return kept
 
     def _checkout(self, target: tuple[int, ...], feed_at_least: int) -> tuple[_Line, int]:
         """A line whose cache holds target[:start], with start <= len(target) - feed_at_least,

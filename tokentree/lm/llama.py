@@ -27,7 +27,6 @@ import ctypes
 import logging
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch
 import tokentree.lm.analysis as analysis
 from tokentree.errors import ModelLoadError
 from tokentree.lm import gguf
+from tokentree.lm.kept import KeptLogits, sample_request
 from tokentree.outputs import Analysis, Capabilities, ModelInfo, NodeOutput
 
 NEEDS_TRANSFORMERS = "needs the transformers backend (llama.cpp gives no attention weights or hidden states)"
@@ -259,7 +259,7 @@ class LlamaBackend:
         self._stop_ids: dict[str, frozenset[int]] = {}
         self._lines: list[_Line] = []  # least recently used first
         self._free = list(range(LINES - 1, -1, -1))  # sequence ids no line holds
-        self._logits: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()
+        self._logits = KeptLogits(self.cache_size)  # next-token logits of recent prefixes
 
     def _token_table(self) -> tuple[list[str], list[int]]:
         lib, vocab = self._lib, self._vocab
@@ -366,7 +366,7 @@ class LlamaBackend:
                     end = min(start + self.prefill_chunk, n)
                     logits = self._decode_line(line, tokens[start:end], start, outputs=end - start)
                     for i in range(max(keep_from, start), end):
-                        self._keep_logits(tokens[: i + 1], logits[i - start])
+                        self._logits.keep(tokens[: i + 1], logits[i - start])
                     for lo in range(start, end, _SUMMARY_ROWS):
                         hi = min(lo + _SUMMARY_ROWS, end)
                         rows = analysis.summarize(logits[lo - start: hi - start], self.top_k, targets[lo:hi])
@@ -389,14 +389,14 @@ class LlamaBackend:
         self._check_length(len(target))
         with self._lock:
             self._live()
-            parent = self._kept_logits(prefix) if prefix else None
+            parent = self._logits.get(prefix) if prefix else None
             rerun = bool(prefix) and parent is None  # the parent's last token runs again, same call
             line, start = self._checkout(target, feed_at_least=2 if rerun else 1)
             self.forward_passes += 1
             rows = self._run(line, target, start, keep=2 if rerun else 1)
             if rerun:
-                parent = self._keep_logits(prefix, rows[0])
-            logits = self._keep_logits(target, rows[-1])
+                parent = self._logits.keep(prefix, rows[0])
+            logits = self._logits.keep(target, rows[-1])
         prob, rank = analysis.token_prob_rank(parent, token) if prefix else (None, None)
         return NodeOutput(prob, rank, analysis.distributions(logits[None], self.top_k)[0])
 
@@ -421,13 +421,8 @@ class LlamaBackend:
         probability and rank under the model's own distribution at its parent). The lines and
         kept logits are left as a step on `prefix` leaves them; no sampled node enters them.
         forward_passes: one per step that ran, plus one if the prefix had to be computed."""
-        prefix = tuple(prefix)
-        if not prefix:
-            raise ValueError("sample needs a prefix of at least one token")
+        prefix, count, steps = sample_request(prefix, settings, count, steps)
         self._check_ids(prefix)
-        if not settings.temperature > 0:
-            raise ValueError(f"temperature must be > 0, not {settings.temperature!r}")
-        count, steps = max(0, int(count)), max(0, int(steps))
         results: list[list[tuple[int, NodeOutput]]] = [[] for _ in range(count)]
         if not count or not steps:
             return results
@@ -484,7 +479,7 @@ class LlamaBackend:
     def _prefix_line(self, prefix: tuple[int, ...]) -> tuple[torch.Tensor, _Line]:
         """(logits after `prefix`, a line whose first len(prefix) cells are `prefix`): a kept
         one costs nothing, otherwise one call, as a step on `prefix` makes."""
-        logits = self._kept_logits(prefix)
+        logits = self._logits.get(prefix)
         if logits is not None:
             for line in reversed(self._lines):
                 if line.tokens[: len(prefix)] == prefix:
@@ -492,7 +487,7 @@ class LlamaBackend:
         line, start = self._checkout(prefix, feed_at_least=1)
         self.forward_passes += 1
         rows = self._run(line, prefix, start, keep=1)
-        return self._keep_logits(prefix, rows[-1]), line
+        return self._logits.keep(prefix, rows[-1]), line
 
     # ------------------------------------------------------------------ cache lines
     def _check_ids(self, ids: Sequence[int]) -> None:
@@ -504,19 +499,6 @@ class LlamaBackend:
         if n > self.n_ctx:
             raise ContextFull(f"the branch would be {n} tokens; llama.cpp's context holds {self.n_ctx} "
                               "(raise [llama] n_ctx, up to the model's trained context)")
-
-    def _keep_logits(self, tokens: tuple[int, ...], row: torch.Tensor) -> torch.Tensor:
-        kept = self._logits[tokens] = row.to(torch.float32, copy=True)
-        self._logits.move_to_end(tokens)
-        while len(self._logits) > self.cache_size:
-            self._logits.popitem(last=False)
-        return kept
-
-    def _kept_logits(self, tokens: tuple[int, ...]) -> torch.Tensor | None:
-        kept = self._logits.get(tokens)
-        if kept is not None:
-            self._logits.move_to_end(tokens)
-        return kept
 
     def _new_line(self) -> _Line:
         """An empty line: a free sequence, else the least recently used line's."""
