@@ -129,3 +129,41 @@ def test_an_append_of_the_candidate_being_prefetched_reuses_it(store):
     assert ex.take_job() is None  # no second computation of the same node
     prefetch.finish(prefetch.run())
     assert not ex.snapshot().waiting
+
+
+class _DownEngine(FakeEngine):
+    """A backend whose every step fails as a server that went away does."""
+
+    down = False
+
+    def step(self, prefix, token):
+        if self.down:
+            from tokentree.lm.server import ServerError
+
+            raise ServerError("cannot reach server 127.0.0.1:1 (refused)", transient=True)
+        return super().step(prefix, token)
+
+
+def test_a_failed_prefetch_never_blocks_the_keys_own_job(store):
+    engine = _DownEngine()
+    ex = _explorer(store, engine)
+    engine.down = True
+    task = ex.take_prefetch()
+    try:
+        task.finish(task.run())
+    except Exception as exc:  # noqa: BLE001 -- as the worker delivers it
+        task.fail(exc)
+    assert ex.take_prefetch() is not None  # the next candidate, not the failed one again
+    ex._prefetching.clear()
+    ex.append()  # the very node the prefetch failed on
+    job = ex.take_job()
+    assert job is not None  # still asked for by the key
+    try:
+        job.finish(job.run())
+    except Exception as exc:  # noqa: BLE001
+        job.fail(exc)
+    assert "retrying in" in ex.error  # and the failure is said, with the retry
+    engine.down = False
+    ex._retry_at = 0.0  # the back-off has passed
+    ex.run_jobs_inline()
+    assert not ex.snapshot().waiting and ex.message == "the server answers again"

@@ -70,6 +70,7 @@ class Explorer(ExplorationCommands, CompareCommands, ConstraintCommands):
         self.sampler_on = False  # the table's sampler column
         self._prefetching: dict[bytes, Task] = {}  # child prefix key -> its speculative task
         self.prefetched = 0  # outputs a prefetch put in the cache (benchmarks report it)
+        self._prefetch_failed: set[bytes] = set()  # never speculated on again (keys still may)
         self._retry_at: float | None = None  # when a failed server request may be retried
         self._backoff = 0.0  # seconds; doubles on each transient failure, 0 after a success
         self._init_constraints()  # regex constraints (r / R): their indexes and states
@@ -156,7 +157,7 @@ class Explorer(ExplorationCommands, CompareCommands, ConstraintCommands):
             rows = self._screen.candidate_rows(path[-1])
             candidates = [r.token_id for r in rows if r.rank is not None]
             found = prefetch_jobs(view, path, candidates, self._selected_token, count, set(self._prefetching))
-        job = next((j for j in found if j.failure_key not in self._planner.failed), None)
+        job = next((j for j in found if j.keys[-1] not in self._prefetch_failed), None)
         if job is None:
             return None
         key = job.keys[-1]
@@ -168,8 +169,10 @@ class Explorer(ExplorationCommands, CompareCommands, ConstraintCommands):
             self._drain_queued_appends()
 
         def failed(exc: BaseException) -> None:
+            # Not into the planner's failed set: a key's own job for this node must still run
+            # (and say why it fails, or retry a server that is back).
             self._prefetching.pop(key, None)
-            self._planner.failed.add(job.failure_key)  # a key's own job will say why, if asked
+            self._prefetch_failed.add(key)
             log.info("prefetch failed: %s", exc)
 
         task = Task(label="", run=lambda: jobs.execute(job, engine), finish=done, fail=failed)
