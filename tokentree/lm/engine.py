@@ -41,7 +41,7 @@ import torch
 
 import tokentree.lm.analysis as analysis
 from tokentree.lm.loader import LoadedModel
-from tokentree.lm.kept import KeptLogits, sample_request
+from tokentree.lm.kept import KeptLogits, closest_line, sample_request
 from tokentree.lm.tokens import TokenBytes
 from tokentree.outputs import Analysis, Capabilities, ModelInfo, NodeOutput
 
@@ -58,16 +58,6 @@ _PREFILL_ROWS_KEPT = 8  # a prefill keeps the logits of its last prefixes (a pop
 class _Line:
     tokens: tuple[int, ...]
     cache: object  # transformers Cache holding exactly len(tokens) positions
-
-
-def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    i = 0
-    while a[i] == b[i]:
-        i += 1
-    return i
 
 
 def _fork(cache):
@@ -414,13 +404,7 @@ class Engine:
         """A line whose cache holds target[:start], with start <= len(target) - feed_at_least,
         reusing the line that shares the longest prefix with `target`."""
         limit = len(target) - feed_at_least
-        best, best_key = None, (0, False)
-        for line in reversed(self._lines):  # most recent first wins ties
-            start = min(_common_prefix(line.tokens, target), limit)
-            key = (start, len(line.tokens) == start)  # prefer a line that needs no crop
-            if key > best_key:
-                best, best_key = line, key
-        start = best_key[0]
+        best, start = closest_line(self._lines, target, limit)
         if best is None or start <= 0:
             return _Line((), self._new_cache()), 0
         if start == len(best.tokens):

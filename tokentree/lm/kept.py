@@ -42,6 +42,31 @@ class KeptLogits:
         return tokens in self._rows
 
 
+def common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    """How many leading tokens `a` and `b` share."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    i = 0
+    while a[i] == b[i]:
+        i += 1
+    return i
+
+
+def closest_line(lines, target: tuple[int, ...], limit: int):
+    """(the line sharing the longest prefix with `target`, capped at `limit`, and that
+    length); the most recently used first wins ties, and a line that needs no crop beats
+    one that does. (None, 0) when no line shares a token. `lines`: least recent first, each
+    with a `tokens` tuple."""
+    best, best_key = None, (0, False)
+    for line in reversed(lines):
+        start = min(common_prefix(line.tokens, target), limit)
+        key = (start, len(line.tokens) == start)
+        if key > best_key:
+            best, best_key = line, key
+    return best, best_key[0]
+
+
 def sample_request(prefix: Sequence[int], settings, count: int, steps: int) -> tuple[tuple[int, ...], int, int]:
     """(prefix, count, steps) of a sample request, checked: a prefix of at least one token,
     a temperature > 0, no negative counts."""

@@ -37,7 +37,7 @@ import torch
 import tokentree.lm.analysis as analysis
 from tokentree.errors import ModelLoadError
 from tokentree.lm import gguf
-from tokentree.lm.kept import KeptLogits, sample_request
+from tokentree.lm.kept import KeptLogits, closest_line, sample_request
 from tokentree.outputs import Analysis, Capabilities, ModelInfo, NodeOutput
 
 NEEDS_TRANSFORMERS = "needs the transformers backend (llama.cpp gives no attention weights or hidden states)"
@@ -163,16 +163,6 @@ def context_params(lib, quant: str, *, n_ctx: int, chunk: int, threads: int, seq
 class _Line:
     seq: int  # the llama.cpp sequence holding exactly `tokens`
     tokens: tuple[int, ...]
-
-
-def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    i = 0
-    while a[i] == b[i]:
-        i += 1
-    return i
 
 
 class LlamaBackend:
@@ -512,13 +502,7 @@ class LlamaBackend:
         """A line whose sequence holds target[:start], start <= len(target) - feed_at_least,
         from the line sharing the longest prefix with `target` (see the module doc)."""
         limit = len(target) - feed_at_least
-        best, best_key = None, (0, False)
-        for line in reversed(self._lines):  # most recent first wins ties
-            start = min(_common_prefix(line.tokens, target), limit)
-            key = (start, len(line.tokens) == start)  # prefer a line that needs no crop
-            if key > best_key:
-                best, best_key = line, key
-        start = best_key[0]
+        best, start = closest_line(self._lines, target, limit)
         if best is None or start <= 0:
             return self._new_line(), 0
         if start == len(best.tokens):
