@@ -29,7 +29,12 @@ def build_app_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tokentree {__version__}")
     parser.add_argument("-i", "--input", action="append", metavar="FILE", default=[],
                         help="prompt file; repeat for several root prompts (default: [prompt] example_prompt)")
-    parser.add_argument("--model", metavar="NAME_OR_PATH", help="Hugging Face model name or local directory")
+    parser.add_argument("--model", metavar="NAME_OR_PATH",
+                        help="Hugging Face model name or local directory, a .gguf file, or smollm2 (the "
+                             "bundled SmolLM2-135M-Instruct); `tokentree models` lists what is here")
+    parser.add_argument("--backend", metavar="auto|transformers|llama",
+                        help="auto (default): llama.cpp for a .gguf file, transformers otherwise (the bundled "
+                             "model too: every view); llama: the bundled model's GGUF on llama.cpp")
     parser.add_argument("--server", metavar="URL",
                         help="explore a model on an OpenAI-compatible server (vLLM, SGLang, llama.cpp); "
                              "--model names the served model")

@@ -46,6 +46,10 @@ def launch(args: argparse.Namespace) -> int:
     from tokentree.lm.options import model_options
 
     model_options(args, config.model)  # a bad --dtype / --device-map: one line now, before any write
+    from tokentree.lm.choice import check_backend
+
+    if check_backend(getattr(args, "backend", None)) != "auto" and (getattr(args, "server", None) or config.server.url):
+        raise InputError("--backend picks a local backend; a --server model runs on the server")
     from tokentree.tui.keymap import build_keymap
 
     try:
@@ -67,7 +71,8 @@ def _new_session(args: argparse.Namespace, config: Config, db: Path) -> int:
     paths = [Path(p) for p in args.input] or [default_prompt_path(config.prompt.example_prompt)]
     texts = [read_prompt(p) for p in paths]
     require_terminal()  # after the inputs' own checks, before anything is written or loaded
-    model_name = requested_model(args, config)
+    model_name, note = _choose_model(args, config)
+    _prepare_first(args, config, model_name)
     quick = _quick_model(args, config, model_name)
 
     from tokentree.store import Store
@@ -96,11 +101,43 @@ def _new_session(args: argparse.Namespace, config: Config, db: Path) -> int:
 
         if compare is not None:
             compare.attach(explorer)
+        if note:
+            explorer.message = note
         from tokentree.tui.app import run_tui
 
         return run_tui(explorer, config, load_engine=load_engine)
     finally:
         store.close()
+
+
+def _choose_model(args: argparse.Namespace, config: Config) -> tuple[str, str | None]:
+    """(the model of a new session, a one-line note when the configured default cannot be
+    had and the bundled model stands in: printed now and shown in the status line)."""
+    name = requested_model(args, config)
+    if getattr(args, "server", None) or config.server.url:
+        return name, None
+    from tokentree.lm.choice import choose_default, target
+
+    if args.model:
+        target(args.model, getattr(args, "backend", None))  # a bad --backend for it: one line now
+    name, note = choose_default(name, explicit=bool(args.model), code=args.trust_remote_code)
+    if note:
+        print(f"tokentree: {note}", file=sys.stderr, flush=True)
+    return name, note
+
+
+def _prepare_first(args: argparse.Namespace, config: Config, model_name: str) -> None:
+    """What must be made before the screen opens, with its progress on stderr: the bundled
+    model's transformers checkpoint (lm/dequantize.py), once."""
+    if getattr(args, "server", None) or config.server.url or not model_name:
+        return
+    from tokentree.lm.choice import target
+
+    chosen = target(model_name, getattr(args, "backend", None))
+    if chosen.gguf is not None:
+        from tokentree.lm.dequantize import ensure_checkpoint
+
+        ensure_checkpoint(chosen.gguf, label=chosen.label or model_name)
 
 
 def _root_prompts(paths, texts, encode, limit: int | None) -> list[tuple[str, list[int]]]:
@@ -128,14 +165,27 @@ def _quick_model(args: argparse.Namespace, config: Config, model_name: str):
         return None
     if getattr(args, "device", None) not in (None, "cpu"):
         return None
+    import dataclasses
+
+    from tokentree.lm.choice import target
+    from tokentree.lm.dequantize import checkpoint_dir, ready
     from tokentree.lm.options import model_options
     from tokentree.lm.quick_tokens import NotQuick, quick_model
 
+    chosen = target(model_name, getattr(args, "backend", None))
+    if chosen.llama:
+        return None
+    name = chosen.name
+    if chosen.gguf is not None:  # its checkpoint, if it has been made
+        name = str(checkpoint_dir(chosen.gguf))
+        if not ready(Path(name)):
+            return None
     try:
-        return quick_model(model_name, dtype=model_options(args, config.model).dtype)
+        quick = quick_model(name, dtype=model_options(args, config.model).dtype)
     except NotQuick as exc:
         log.info("model %s loads before the first screen: %s", model_name, exc)
         return None
+    return dataclasses.replace(quick, name=chosen.label) if chosen.label else quick
 
 
 def _same_tokens(engine, prompts: list[tuple[str, tuple[str, list[int]]]]):
@@ -204,6 +254,7 @@ def _resume(args: argparse.Namespace, config: Config, db: Path) -> int:
             return _load_engine(args, config, model_name, quiet=True)
 
         _download_first(args, config, model_name)  # its progress shows before the screen opens
+        _prepare_first(args, config, model_name)
         compare = prepare_compare(args, config, vocab_key=info.vocab_key, session_model=info.model_name)
         if compare is not None:
             compare.attach(explorer)
@@ -239,19 +290,28 @@ def _load_engine(args: argparse.Namespace, config: Config, model_name: str, *, q
     server = getattr(args, "server", None) or config.server.url
     if server:
         return _connect_server(args, config, server, model_name, quiet=quiet)
-    from tokentree.lm.open import gguf_source, open_gguf
+    from tokentree.lm.choice import target
+    from tokentree.lm.open import open_gguf
 
-    if gguf_source(model_name) is not None:  # a .gguf file or REPO:FILE.gguf: llama.cpp in process
-        return open_gguf(model_name, config, quiet=quiet)
+    chosen = target(model_name, getattr(args, "backend", None))
+    if chosen.llama:  # a .gguf file, REPO:FILE.gguf or the bundled GGUF: llama.cpp in process
+        return open_gguf(chosen.name, config, quiet=quiet, label=chosen.label)
     from tokentree.lm.engine import Engine
     from tokentree.lm.loader import load_model
     from tokentree.lm.options import model_options
 
+    label = chosen.label or model_name
+    source = chosen.name
+    if chosen.gguf is not None:
+        from tokentree.lm.dequantize import ensure_checkpoint
+
+        source = str(ensure_checkpoint(chosen.gguf, label=label, progress=not quiet))
     if not quiet:
-        print(f"tokentree: loading {model_name} ...", file=sys.stderr, flush=True)
+        print(f"tokentree: loading {label} ...", file=sys.stderr, flush=True)
     options = model_options(args, config.model)
-    loaded = load_model(model_name, device=args.device, dtype=options.dtype, device_map=options.device_map,
+    loaded = load_model(source, device=args.device, dtype=options.dtype, device_map=options.device_map,
                         trust_remote_code=args.trust_remote_code, progress=not quiet)
+    loaded.name = label
     return Engine(loaded, top_k=config.top_k, cache_size=config.display.cache_size,
                   prefill_chunk=config.model.prefill_chunk)
 
@@ -259,7 +319,10 @@ def _load_engine(args: argparse.Namespace, config: Config, model_name: str, *, q
 def _download_first(args: argparse.Namespace, config: Config, model_name: str) -> None:
     """A hub model missing from the cache downloads now, with its progress on stderr, before
     the screen opens. A failure is left to the load behind the screen, which shows it there."""
-    if getattr(args, "server", None) or config.server.url:
+    from tokentree.lm import bundled
+    from tokentree.lm.open import gguf_source
+
+    if getattr(args, "server", None) or config.server.url or bundled.is_bundled(model_name) or gguf_source(model_name):
         return
     from tokentree.errors import ModelLoadError
     from tokentree.lm.download import download_model

@@ -31,6 +31,13 @@ def db_path(flag: str | os.PathLike[str] | None = None) -> Path:
     return Path(flag).expanduser() if flag else default_db_path()
 
 
+def models_dir() -> Path:
+    """Model files tokentree makes (the bundled GGUF dequantized for transformers): 500 MB and
+    more, so TOKENTREE_MODELS may put them elsewhere (the tests share one across their data dirs)."""
+    override = os.environ.get("TOKENTREE_MODELS")
+    return Path(override).expanduser() if override else data_dir() / "models"
+
+
 def log_path() -> Path:
     return data_dir() / "tokentree.log"
 

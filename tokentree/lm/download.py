@@ -27,6 +27,7 @@ from typing import IO
 
 from tokentree.errors import ModelLoadError
 
+HUB_TIMEOUT = 15.0  # seconds for the hub's first answer (the model's file listing)
 PROGRESS_GROUP = "tokentree.download"  # huggingface_hub progress-bar group: on for our bar only
 _TEXT_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".jinja")  # config, tokenizer, templates
 _SAFETENSORS, _SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
@@ -132,7 +133,8 @@ def ensure_downloaded(name: str, *, code: bool = False, progress: bool = True, s
 
     if cached_snapshot(name) is not None or is_offline_mode():
         return False
-    info = HfApi().model_info(name, files_metadata=True)
+    # A timeout: a firewalled network that drops packets must not hold the launch for minutes.
+    info = HfApi().model_info(name, files_metadata=True, timeout=HUB_TIMEOUT)
     sizes = {s.rfilename: s.size or 0 for s in info.siblings or []}
     files = sorted(needed_files(sizes, code=code), key=lambda f: (sizes[f], f))  # small first
     total = sum(sizes[f] for f in files)

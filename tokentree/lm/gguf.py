@@ -30,9 +30,10 @@ MISSING = ("GGUF models need llama-cpp-python: install the llama extra "
            "(uv run --extra llama tokentree --model FILE.gguf)")
 
 
-def header_end(buf) -> int:
+def header_end(buf, strings: dict[str, str] | None = None) -> int:
     """Offset where a GGUF (v2+) header ends: after the metadata and the tensor infos.
-    ValueError if `buf` is not such a header."""
+    ValueError if `buf` is not such a header. With `strings`, also collects the metadata's
+    string values there (key -> value; the arrays, the token list among them, are skipped)."""
     if bytes(buf[:4]) != b"GGUF" or struct.unpack_from("<I", buf, 4)[0] < 2:
         raise ValueError("not a GGUF v2+ file")
     n_tensors, n_kv = struct.unpack_from("<QQ", buf, 8)
@@ -55,8 +56,11 @@ def header_end(buf) -> int:
         return p + _SIZES[kind]  # KeyError on an unknown type: not a header we can read
 
     for _ in range(n_kv):
-        pos = string(pos)
-        pos = value(pos + 4, struct.unpack_from("<I", buf, pos)[0])
+        key_at, pos = pos, string(pos)
+        kind = struct.unpack_from("<I", buf, pos)[0]
+        if strings is not None and kind == _STRING:
+            strings[_text(buf, key_at)] = _text(buf, pos + 4)
+        pos = value(pos + 4, kind)
     for _ in range(n_tensors):
         pos = string(pos)
         n_dims = struct.unpack_from("<I", buf, pos)[0]
@@ -66,11 +70,29 @@ def header_end(buf) -> int:
     return pos
 
 
-def content_hash(path: Path) -> str:
-    """16 hex digits over the GGUF header, the file size and its modification time."""
+def _text(buf, p: int) -> str:
+    size = struct.unpack_from("<Q", buf, p)[0]
+    return bytes(buf[p + 8:p + 8 + size]).decode("utf-8", "replace")
+
+
+def metadata_strings(path: Path) -> dict[str, str]:
+    """The string values of a GGUF file's metadata (general.name, tokenizer.ggml.pre,
+    tokenizer.chat_template, ...), read from its header alone; ValueError if it is not a GGUF."""
+    strings: dict[str, str] = {}
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        try:
+            header_end(buf, strings)
+        except (KeyError, struct.error) as exc:
+            raise ValueError(f"unreadable GGUF header ({exc})") from None
+    return strings
+
+
+def content_hash(path: Path, *, mtime: bool = True) -> str:
+    """16 hex digits over the GGUF header, the file size and (unless `mtime` is False: the same
+    file installed again) its modification time."""
     st = path.stat()
     digest = hashlib.blake2b(digest_size=8)
-    digest.update(json.dumps([st.st_size, st.st_mtime_ns]).encode())
+    digest.update(json.dumps([st.st_size, st.st_mtime_ns] if mtime else [st.st_size]).encode())
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         try:
             end = header_end(buf)

@@ -89,10 +89,11 @@ def resolve_gguf(source: GgufSource, *, progress: bool = True) -> Path:
         raise ModelLoadError(f"cannot fetch {source.name} from the hub: {first}") from None
 
 
-def open_gguf(name: str, config, *, quiet: bool = True):
+def open_gguf(name: str, config, *, quiet: bool = True, label: str | None = None):
     """The LlamaBackend (lm/llama.py) for a GGUF model name, with the [llama] and [display]
     settings of `config`; ModelLoadError, one line, if it cannot load. The cheap checks come
-    first: the llama extra, the file (or the hub download), then torch and the model."""
+    first: the llama extra, the file (or the hub download), then torch and the model.
+    `label`: the name the session records and the status bar shows (the bundled model's)."""
     import sys
 
     source = gguf_source(name)
@@ -101,12 +102,12 @@ def open_gguf(name: str, config, *, quiet: bool = True):
     require_llama()  # before a download or torch: the missing extra is the first thing to say
     path = resolve_gguf(source, progress=not quiet)
     if not quiet:
-        print(f"tokentree: loading {source.name} (llama.cpp) ...", file=sys.stderr, flush=True)
+        print(f"tokentree: loading {label or source.name} (llama.cpp) ...", file=sys.stderr, flush=True)
     from tokentree.lm.llama import PREFILL_CHUNK, LlamaBackend
 
     cfg = config.llama
     # [model] prefill_chunk bounds a prompt's memory here too; llama.cpp holds a chunk's logits
     # and its compute buffer at once, so at most PREFILL_CHUNK tokens go per call.
-    return LlamaBackend(path, name=source.name, threads=cfg.threads, n_ctx=cfg.n_ctx, top_k=config.top_k,
+    return LlamaBackend(path, name=label or source.name, threads=cfg.threads, n_ctx=cfg.n_ctx, top_k=config.top_k,
                         cache_size=config.display.cache_size,
                         prefill_chunk=min(config.model.prefill_chunk, PREFILL_CHUNK))
