@@ -190,3 +190,34 @@ def fmt_ratio(r: float | None) -> str:
     if r is None:
         return "-"
     return f"{r:.2f}x" if r < 100 else f"{r:.0f}x"
+
+
+# ------------------------------------------------------------------ results.md sections
+
+REAL_MODEL_HEADING = "## Real model: SmolLM2-135M-Instruct"  # written by benchmarks/real_model.py
+
+
+def get_section(text: str, heading: str) -> str:
+    """The `heading` line and what follows it up to the next `## ` heading ("" if absent)."""
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == heading), None)
+    if start is None:
+        return ""
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return "".join(lines[start:end])
+
+
+def put_section(text: str, section: str) -> str:
+    """`text` with `section` (which starts with its `## ` heading line) in place of the section
+    of that heading, or, new, before the first `## ` heading (after a header's bullets)."""
+    heading = section.splitlines()[0].rstrip()
+    section = section.rstrip("\n") + "\n\n"
+    old = get_section(text, heading)
+    if old:
+        return text.replace(old, section, 1)
+    lines = text.splitlines(keepends=True)
+    at = next((i for i, line in enumerate(lines) if line.startswith("## ")), len(lines))
+    head = "".join(lines[:at])
+    if head and not head.endswith("\n\n"):
+        head = head.rstrip("\n") + "\n\n"
+    return head + section + "".join(lines[at:])

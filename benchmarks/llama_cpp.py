@@ -80,8 +80,9 @@ class Bare:
         self.chunk = backend.prefill_chunk
         self.n_vocab = backend._n_logits
 
-    def decode(self, tokens, pos: int, seq: int = 0) -> None:
-        """Feed `tokens` at pos.. of `seq`, logits of the last only; touch its pointer."""
+    def decode(self, tokens, pos: int, seq: int = 0, all_logits: bool = False) -> None:
+        """Feed `tokens` at pos.. of `seq`, logits of the last only (of every one with
+        `all_logits`, as a prompt's prefill needs); touch the last's pointer."""
         lib, batch = self.lib, self.batch
         for lo in range(0, len(tokens), self.chunk):
             part = tokens[lo: lo + self.chunk]
@@ -89,7 +90,7 @@ class Bare:
             for i, t in enumerate(part):
                 batch.token[i], batch.pos[i], batch.n_seq_id[i] = t, pos + lo + i, 1
                 batch.seq_id[i][0] = seq
-                batch.logits[i] = i == len(part) - 1
+                batch.logits[i] = all_logits or i == len(part) - 1
             rc = lib.llama_decode(self.ctx, batch)
             if rc != 0:
                 raise RuntimeError(f"llama_decode returned {rc}")

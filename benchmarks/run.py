@@ -29,15 +29,18 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from benchmarks.common import (  # noqa: E402
+    REAL_MODEL_HEADING,
     Results,
     Target,
     cores,
     fmt_ratio,
     fmt_value,
+    get_section,
     machine_info,
     maxrss_mb,
     median,
     peak_rss_mb,
+    put_section,
     reset_peak_rss,
     rss_mb,
 )
@@ -787,7 +790,10 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     out = args.out or (None if args.quick else str(HERE / "results.md"))
     if out:
-        Path(out).write_text(text, encoding="utf-8")
+        path = Path(out)
+        # The real model's section (benchmarks/real_model.py --write) comes from another run: keep it.
+        kept = get_section(path.read_text(encoding="utf-8"), REAL_MODEL_HEADING) if path.is_file() else ""
+        path.write_text(put_section(text, kept) if kept else text, encoding="utf-8")
         log(f"wrote {out}")
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": res.meta, "figures": [asdict(f) for f in res.figures],

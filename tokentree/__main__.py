@@ -1,3 +1,3 @@
-from tokentree.cli import main
+from tokentree.cli import entry
 
-raise SystemExit(main())
+entry()

@@ -46,10 +46,13 @@ def launch(args: argparse.Namespace) -> int:
     from tokentree.lm.options import model_options
 
     model_options(args, config.model)  # a bad --dtype / --device-map: one line now, before any write
-    from tokentree.lm.choice import check_backend
+    from tokentree.lm.choice import check_backend, target
 
-    if check_backend(getattr(args, "backend", None)) != "auto" and (getattr(args, "server", None) or config.server.url):
+    server = getattr(args, "server", None) or config.server.url
+    if check_backend(getattr(args, "backend", None)) != "auto" and server:
         raise InputError("--backend picks a local backend; a --server model runs on the server")
+    if args.model and not server:
+        target(args.model, getattr(args, "backend", None))  # --model smollm2 not installed, a bad pair: now
     from tokentree.tui.keymap import build_keymap
 
     try:
@@ -116,10 +119,8 @@ def _choose_model(args: argparse.Namespace, config: Config) -> tuple[str, str | 
     name = requested_model(args, config)
     if getattr(args, "server", None) or config.server.url:
         return name, None
-    from tokentree.lm.choice import choose_default, target
+    from tokentree.lm.choice import choose_default
 
-    if args.model:
-        target(args.model, getattr(args, "backend", None))  # a bad --backend for it: one line now
     name, note = choose_default(name, explicit=bool(args.model), code=args.trust_remote_code)
     if note:
         print(f"tokentree: {note}", file=sys.stderr, flush=True)
