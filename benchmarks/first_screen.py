@@ -3,6 +3,7 @@
     uv run python benchmarks/first_screen.py                 # the tiny test model, 5 runs
     uv run python benchmarks/first_screen.py --compare       # also with the quick start off (load first)
     uv run python benchmarks/first_screen.py --model DIR --runs 3
+    uv run python benchmarks/first_screen.py --model smollm2   # the bundled model (transformers backend)
 
 Each run starts `tokentree --model DIR -i prompt.txt`, reads the screen through a terminal
 emulator (pyte), and notes the seconds from spawn until
@@ -36,6 +37,8 @@ CTRL_Q = "\x11"
 PROMPT = "Once upon a time there was a small village by the sea"
 TABLE = re.compile(r"next token \u00b7 [1-9]\d* shown")
 TARGET_S = 1.5
+
+from tokentree.lm.bundled import is_bundled  # noqa: E402 -- light: no torch
 
 
 def _tiny_model(where: Path) -> Path:
@@ -124,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--slow", action="store_true", help="quick start off: load the model, then draw")
     mode.add_argument("--compare", action="store_true", help="quick start on, then off")
     args = parser.parse_args(argv)
-    if args.model and not Path(args.model).expanduser().is_dir():
-        parser.error(f"--model {args.model}: not a model directory")
+    if args.model and not (is_bundled(args.model) or Path(args.model).expanduser().is_dir()):
+        parser.error(f"--model {args.model}: not a model directory (or smollm2, the bundled model)")
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     try:
@@ -137,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="tokentree-models-") as tmp:
-        model = Path(args.model).expanduser().resolve() if args.model else _tiny_model(Path(tmp))
+        if args.model and is_bundled(args.model):
+            model = args.model  # its checkpoint in TOKENTREE_MODELS (made there first if missing)
+        else:
+            model = Path(args.model).expanduser().resolve() if args.model else _tiny_model(Path(tmp))
         modes = [("quick start (default)", True), ("load first (QUICK_START=0)", False)]
         if args.slow:
             modes = modes[1:]

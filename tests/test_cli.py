@@ -124,6 +124,7 @@ def _fake_app(monkeypatch):
 
     engine = FakeEngine()
     monkeypatch.setattr(tokentree.launch, "_load_engine", lambda *a, **k: engine)
+    monkeypatch.setattr(tokentree.launch, "_choose_model", lambda args, config: (args.model or "fake", None))
     monkeypatch.setattr(tokentree.launch, "require_terminal", lambda: None)
     monkeypatch.setattr(tokentree.tui.app, "run_tui", lambda *a, **k: 0)
 

@@ -22,4 +22,4 @@ def test_wheel_ships_migrations_config_and_prompts(tmp_path):
     assert "tokentree/_data/migrations/env.py" in names
     assert any(n.startswith("tokentree/_data/migrations/versions/") and n.endswith(".py") for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "tokentree = tokentree.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "tokentree = tokentree.cli:entry" in zipfile.ZipFile(wheel).read(entry_points).decode()

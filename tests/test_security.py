@@ -233,6 +233,7 @@ def test_tokens_from_the_environment_are_never_stored(tmp_path, tokentree_home, 
         monkeypatch.setenv(var, SECRET)
     engine = FakeEngine()
     monkeypatch.setattr(tokentree.launch, "_load_engine", lambda *a, **k: engine)
+    monkeypatch.setattr(tokentree.launch, "_choose_model", lambda args, config: (args.model or "fake", None))
     monkeypatch.setattr(tokentree.launch, "require_terminal", lambda: None)  # the screen is faked
 
     def fake_tui(explorer, config, **_):

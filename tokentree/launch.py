@@ -74,14 +74,13 @@ def _new_session(args: argparse.Namespace, config: Config, db: Path) -> int:
     paths = [Path(p) for p in args.input] or [default_prompt_path(config.prompt.example_prompt)]
     texts = [read_prompt(p) for p in paths]
     require_terminal()  # after the inputs' own checks, before anything is written or loaded
-    model_name, note = _choose_model(args, config)
-    _prepare_first(args, config, model_name)
-    quick = _quick_model(args, config, model_name)
-
     from tokentree.store import Store
 
-    store = Store.open(db)
+    store = Store.open(db)  # a bad database: one line before a model is chosen or made
     try:
+        model_name, note = _choose_model(args, config)
+        _prepare_first(args, config, model_name)
+        quick = _quick_model(args, config, model_name)
         load_engine = None
         if quick is None:  # load first, then draw
             engine = _load_engine(args, config, model_name)
