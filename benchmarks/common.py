@@ -192,6 +192,14 @@ def fmt_ratio(r: float | None) -> str:
     return f"{r:.2f}x" if r < 100 else f"{r:.0f}x"
 
 
+def figure_row(f: Figure) -> str:
+    """One Markdown row: | section | figure | median | min | n | ratio | to | passes | note |"""
+    passes = "-" if f.passes is None else f"{f.passes:g}"
+    low = fmt_value(f.low, f.unit) if f.low is not None and f.n > 1 else ""
+    return (f"| {f.section} | {f.name} | {fmt_value(f.value, f.unit)} | {low} | {f.n} | {fmt_ratio(f.ratio)} | "
+            f"{f.baseline} | {passes} | {f.note} |")
+
+
 # ------------------------------------------------------------------ results.md sections
 
 REAL_MODEL_HEADING = "## Real model: SmolLM2-135M-Instruct"  # written by benchmarks/real_model.py

@@ -50,8 +50,7 @@ from benchmarks.common import (  # noqa: E402
     REAL_MODEL_HEADING,
     Results,
     cores,
-    fmt_ratio,
-    fmt_value,
+    figure_row,
     machine_info,
     median,
     put_section,
@@ -64,7 +63,7 @@ THREADS = 2  # llama.cpp threads
 class Plan:
     long_len: int = 512  # tokens of the longer prompt
     prefill_reps: int = 5
-    step_reps: int = 20  # explorer appends (and bare steps) per prompt
+    step_reps: int = 30  # explorer appends (and bare steps) per prompt
     cached_reps: int = 10  # cached pops, then as many cached appends
     load_reps: int = 3  # loads of each backend (the first one in the process apart)
     label: str = "full"
@@ -111,9 +110,9 @@ class BareHF:
     def _ids(self, ids):
         return self.torch.tensor([list(ids)])
 
-    def prefill(self, ids) -> None:
+    def prefill(self, ids, all_logits: bool = True) -> None:
         with self.torch.inference_mode():
-            self.model(input_ids=self._ids(ids))
+            self.model(input_ids=self._ids(ids), **({} if all_logits else {"logits_to_keep": 1}))
 
     def prime(self, ids) -> None:
         self.cache = self.DynamicCache(config=self.model.config)
@@ -142,9 +141,9 @@ class BareLlama:
         self.bare = Bare(backend)
         self.n = 0
 
-    def prefill(self, ids) -> None:
+    def prefill(self, ids, all_logits: bool = True) -> None:
         self.bare.rm(0, -1)
-        self.bare.decode(ids, 0, all_logits=True)
+        self.bare.decode(ids, 0, all_logits=all_logits)
         self.n = 0  # the cache no longer holds a primed prefix
 
     def prime(self, ids) -> None:
@@ -164,110 +163,155 @@ class BareLlama:
 # ------------------------------------------------------------------ one backend
 
 
-def bench_backend(res: Results, name: str, backend, bare, counts, ids_by_prompt, plan: Plan, work: Path, log):
-    """Prefill, step, key to data and cached nodes of `backend` on each prompt. `counts()`:
-    (forward passes, model calls or tokens fed), to check what each operation claims."""
-    from benchmarks.run import Probe
-    from tokentree.config import Config
-    from tokentree.core.explorer import Explorer
-    from tokentree.store import Store
-    from tokentree.tree.text import visible
+class BackendBench:
+    """The figures of one backend (`name`: "transformers" or "llama.cpp") against its floor.
+    `counts()`: (forward passes, model calls or tokens fed), to check what each operation claims."""
 
-    step_name = "Engine.step" if name == "transformers" else "LlamaBackend.step"
-    prefill_name = step_name.replace(".step", ".prefill")
-    second = "model calls" if name == "transformers" else "tokens fed"
-    info = backend.info
-    store = Store.open(work / f"{name}.db")
-    sid = store.start_session(model_name=info.name, fingerprint=info.fingerprint, vocab_key=info.vocab_key,
-                              prompt_sources=["benchmark"])
-    probe = Probe(backend, lambda: None)
-    explorer = None
+    def __init__(self, res: Results, name: str, backend, bare, counts, work: Path, log):
+        from benchmarks.run import Probe
+        from tokentree.store import Store
 
-    def checked(label: str, got: list, expected: tuple) -> int:
+        self.res, self.name, self.backend, self.bare, self.counts, self.log = res, name, backend, bare, counts, log
+        self.hf = name == "transformers"
+        self.step_name = "Engine.step" if self.hf else "LlamaBackend.step"
+        info = backend.info
+        self.store = Store.open(work / f"{name}.db")
+        self.sid = self.store.start_session(model_name=info.name, fingerprint=info.fingerprint,
+                                            vocab_key=info.vocab_key, prompt_sources=["benchmark"])
+        self.probe = Probe(backend, lambda: None)
+        self.explorer = None
+        self.tops: list[float] = []  # the top probability after the gsm8k prompt, each timed prefill
+
+    def add(self, figure: str, samples: list[float], unit: str = "ms", **kw) -> None:
+        xs = ms(samples) if unit == "ms" else samples
+        self.res.add(self.name, figure, median(xs), unit, n=len(xs), low=min(xs), **kw)
+
+    def checked(self, label: str, got: list[tuple], expected: tuple) -> float:
+        """The median forward passes of `got`; a mismatch with `expected` is logged and reported."""
         if any(g != expected for g in got):
-            res.meta.setdefault("mismatches", []).append(f"{name} {label}: {sorted(set(got))}, expected {expected}")
-            log(f"WARNING: {name} {label}: (passes, {second}) {sorted(set(got))}, expected {expected}")
+            second = "model calls" if self.hf else "tokens fed"
+            bad = f"{self.name} {label}: (passes, {second}) {sorted(set(got))}, expected {expected}"
+            self.res.meta.setdefault("mismatches", []).append(bad)
+            self.log(f"WARNING: {bad}")
         return statistics.median(g[0] for g in got)
 
-    def press(action) -> tuple[float, tuple]:
-        before = counts()
+    def counted(self, fn):
+        """(seconds, (passes, calls or tokens) it took, result) of fn()."""
+        before = self.counts()
         t0 = time.perf_counter()
-        action()
-        explorer.run_jobs_inline()
-        snap = explorer.snapshot()
+        result = fn()
         dt = time.perf_counter() - t0
+        return dt, tuple(a - b for a, b in zip(self.counts(), before)), result
+
+    def press(self, action) -> tuple[float, tuple]:
+        """One key press, key to data: the command, its model work (inline), the next screen."""
+        explorer = self.explorer
+
+        def key():
+            action()
+            explorer.run_jobs_inline()
+            return explorer.snapshot()
+
+        dt, got, snap = self.counted(key)
         if snap.waiting or explorer.error:
             raise RuntimeError(f"no data after a key press: {explorer.error or 'still waiting'}")
-        return dt, tuple(a - b for a, b in zip(counts(), before))
+        return dt, got
 
-    first = next(iter(ids_by_prompt.values()))
-    backend.prefill(first[:16]), backend.step(first[:16], first[16])  # warm-up of every path
-    bare.prefill(first[:16]), bare.prime(first[:16]), bare.step(first[16])
-    for prompt, ids in ids_by_prompt.items():
-        L = len(ids)
-        at = f"{prompt} ({L})" if not prompt.endswith("tokens") else prompt
-        chunk = backend.prefill_chunk
-        # --- prefill vs one bare pass, interleaved (the first pair is a warm-up)
-        log(f"{name}: prefill of {at} x{plan.prefill_reps}")
-        floor, tt, got = [], [], []
-        for r in range(plan.prefill_reps + 1):
-            b = timed(lambda: bare.prefill(ids))
-            before = counts()
-            t0 = time.perf_counter()
-            outs = backend.prefill(ids)
-            t = time.perf_counter() - t0
+    def sanity(self, ids) -> None:
+        """The top candidates after the gsm8k prompt (`ids`), from the backend's first prefill."""
+        from tokentree.tree.text import visible
+
+        dist = self.backend.prefill(ids)[-1].next
+        pieces = self.backend.token_bytes(dist.top_ids[:3])
+        self.res.meta.setdefault("top", {})[self.name] = ", ".join(
+            f"{visible(pieces[i])} {p:.1%}" for i, p in zip(dist.top_ids, dist.top_probs[:3]))
+
+    def warm_up(self, ids) -> None:
+        self.backend.prefill(ids[:16])
+        self.backend.step(ids[:16], ids[16])
+        self.bare.prefill(ids[:16])
+        self.bare.prime(ids[:16])
+        self.bare.step(ids[16])
+
+    def prefill(self, prompt: str, at: str, ids, reps: int) -> None:
+        """prefill vs one bare pass (and one that keeps the last logits only), interleaved."""
+        self.log(f"{self.name}: prefill of {at} x{reps}")
+        floor, last, tt, got = [], [], [], []
+        for r in range(reps + 1):  # the first round is a warm-up
+            b = timed(lambda: self.bare.prefill(ids))
+            b1 = timed(lambda: self.bare.prefill(ids, all_logits=False))
+            t, c, outs = self.counted(lambda: self.backend.prefill(ids))
+            if prompt == "gsm8k":
+                self.tops.append(outs[-1].next.top_probs[0])
             if r:
-                floor.append(b), tt.append(t), got.append(tuple(a - c for a, c in zip(counts(), before)))
-        if prompt == "gsm8k":
-            dist = outs[-1].next
-            pieces = backend.token_bytes(dist.top_ids[:3])
-            res.meta.setdefault("top", {})[name] = ", ".join(
-                f"{visible(pieces[i])} {p:.1%}" for i, p in zip(dist.top_ids, dist.top_probs[:3]))
-        calls = -(-L // chunk) if name == "transformers" else L
-        passes = checked(f"prefill {at}", got, (1, calls))
-        res.add(name, f"bare pass @ {at}", median(ms(floor)), "ms", n=len(floor), low=min(ms(floor)), passes=1,
-                note="model(input_ids=prompt)" if name == "transformers" else "llama_decode, logits at every position")
-        res.add(name, f"{prefill_name} @ {at}", median(ms(tt)), "ms", n=len(tt), low=min(ms(tt)),
-                baseline="bare pass", ratio=statistics.median(t / b for t, b in zip(tt, floor)), passes=passes,
-                note=f"{L} NodeOutputs; chunks of {chunk}")
+                floor.append(b)
+                last.append(b1)
+                tt.append(t)
+                got.append(c)
+        chunk = self.backend.prefill_chunk
+        passes = self.checked(f"prefill {at}", got, (1, -(-len(ids) // chunk) if self.hf else len(ids)))
+        self.add(f"bare pass @ {at}", floor, passes=1,
+                 note="model(input_ids=prompt)" if self.hf else "llama_decode, logits at every position")
+        self.add(f"bare pass, last logits only @ {at}", last, passes=1,
+                 note="logits_to_keep=1" if self.hf else "llama_decode, logits of the last")
+        self.add(f"{self.step_name.replace('.step', '.prefill')} @ {at}", tt, baseline="bare pass",
+                 ratio=statistics.median(t / b for t, b in zip(tt, floor)), passes=passes,
+                 note=f"{len(ids)} NodeOutputs; chunks of {chunk}")
 
-        # --- the prompt through the explorer, then appends (uncached) interleaved with bare steps
-        store.create_branch(sid, ids, source=prompt, name=prompt)
-        if explorer is None:
-            explorer = Explorer(store, sid, config=Config(), model_name=info.name, engine=backend)
-        press(lambda: None)
-        log(f"{name}: appends @ {at} x{plan.step_reps}, interleaved with bare steps")
-        bare.prime(ids)
-        bare.step(ids[-1]), press(explorer.append)  # warm-up at this length
-        n0 = len(probe.samples["step"])
+    def appends(self, prompt: str, at: str, ids, reps: int) -> None:
+        """The prompt opened in the explorer, then uncached appends (the top candidate each
+        time) interleaved with bare steps after the prompt; the step timed inside each append."""
+        from tokentree.config import Config
+        from tokentree.core.explorer import Explorer
+
+        self.store.create_branch(self.sid, ids, source=prompt, name=prompt)
+        if self.explorer is None:
+            self.explorer = Explorer(self.store, self.sid, config=Config(), model_name=self.backend.info.name,
+                                     engine=self.backend)
+        self.press(lambda: None)  # the new prompt's outputs (a prefill)
+        self.log(f"{self.name}: appends @ {at} x{reps}, interleaved with bare steps")
+        self.bare.prime(ids)
+        self.bare.step(ids[-1])  # warm-up at this length
+        self.press(self.explorer.append)
+        n0 = len(self.probe.samples["step"])
         floor, k2d, got = [], [], []
-        for r in range(plan.step_reps):
-            floor.append(bare.step(ids[-1 - r % 8]))
-            dt, c = press(explorer.append)
-            k2d.append(dt), got.append(c)
-        steps = probe.samples["step"][n0:]
-        passes = checked(f"append {at}", got, (1, 1))
-        res.add(name, f"bare step @ {at}", median(ms(floor)), "ms", n=len(floor), low=min(ms(floor)), passes=1,
-                note="DynamicCache, then crop" if name == "transformers" else "llama_decode of 1 token, then seq_rm")
-        if len(steps) == len(floor):
-            res.add(name, f"{step_name} @ {at}", median(ms(steps)), "ms", n=len(steps), low=min(ms(steps)),
-                    baseline="bare step", ratio=statistics.median(s / b for s, b in zip(steps, floor)),
-                    passes=passes, note="inside the explorer appends")
-        res.add(name, f"explorer append, key to data @ {at}", median(ms(k2d)), "ms", n=len(k2d), low=min(ms(k2d)),
-                baseline="bare step", ratio=statistics.median(k / b for k, b in zip(k2d, floor)), passes=passes,
-                note="append + step + put_outputs + snapshot")
+        for r in range(reps):
+            floor.append(self.bare.step(ids[-1 - r % 8]))
+            dt, c = self.press(self.explorer.append)
+            k2d.append(dt)
+            got.append(c)
+        steps = self.probe.samples["step"][n0:]
+        passes = self.checked(f"append {at}", got, (1, 1))
+        self.add(f"bare step @ {at}", floor, passes=1,
+                 note="DynamicCache, then crop" if self.hf else "llama_decode of 1 token, then seq_rm")
+        if len(steps) == len(floor):  # one step per append (else the counts above say so)
+            self.add(f"{self.step_name} @ {at}", steps, baseline="bare step", passes=passes,
+                     ratio=statistics.median(s / b for s, b in zip(steps, floor)), note="inside the explorer appends")
+        self.add(f"explorer append, key to data @ {at}", k2d, baseline="bare step", passes=passes,
+                 ratio=statistics.median(k / b for k, b in zip(k2d, floor)),
+                 note="append + step + put_outputs + snapshot")
 
-        # --- cached nodes: pop back along the explored path, then append forward again
+    def cached(self, at: str, reps: int) -> None:
+        """Pops back along the explored path, then appends forward again: every node cached."""
         pops, apps, got = [], [], []
-        for action, out in [(explorer.pop, pops)] * plan.cached_reps + [(explorer.append, apps)] * plan.cached_reps:
-            dt, c = press(action)
-            out.append(dt), got.append(c)
-        passes = checked(f"cached {at}", got, (0, 0))
-        res.add(name, f"cached pop, key to data @ {at}", median(ms(pops)), "ms", n=len(pops), low=min(ms(pops)),
-                passes=passes)
-        res.add(name, f"cached append, key to data @ {at}", median(ms(apps)), "ms", n=len(apps),
-                low=min(ms(apps)), passes=passes)
-    store.close()
+        for action, out in [(self.explorer.pop, pops)] * reps + [(self.explorer.append, apps)] * reps:
+            dt, c = self.press(action)
+            out.append(dt)
+            got.append(c)
+        passes = self.checked(f"cached {at}", got, (0, 0))
+        self.add(f"cached pop, key to data @ {at}", pops, passes=passes)
+        self.add(f"cached append, key to data @ {at}", apps, passes=passes)
+
+    def run(self, ids_by_prompt: dict[str, list[int]], plan: Plan) -> None:
+        self.sanity(ids_by_prompt["gsm8k"])
+        self.warm_up(ids_by_prompt["gsm8k"])
+        for prompt, ids in ids_by_prompt.items():
+            at = prompt if prompt.endswith("tokens") else f"{prompt} ({len(ids)})"
+            self.prefill(prompt, at, ids, plan.prefill_reps)
+            self.appends(prompt, at, ids, plan.step_reps)
+            self.cached(at, plan.cached_reps)
+        self.res.meta.setdefault("top_range", {})[self.name] = (min(self.tops), max(self.tops), len(self.tops))
+        self.store.close()
 
 
 # ------------------------------------------------------------------ the run
@@ -317,9 +361,10 @@ def run(plan: Plan, work: Path, log) -> Results:
     hf_ids = prompts(engine.encode, plan.long_len)
     counter = PassCounter(loaded.model)
     bare = BareHF(loaded.model)
-    bench_backend(res, "transformers", engine, bare, lambda: (engine.forward_passes, counter.count),
-                  hf_ids, plan, work, log)
-    bare.close(), counter.close()
+    BackendBench(res, "transformers", engine, bare, lambda: (engine.forward_passes, counter.count),
+                 work, log).run(hf_ids, plan)
+    bare.close()
+    counter.close()
     del engine, loaded, bare
 
     # --- llama.cpp: the Q4_1 GGUF
@@ -334,8 +379,8 @@ def run(plan: Plan, work: Path, log) -> Results:
     res.meta["same_ids"] = ll_ids == hf_ids
     res.meta["lengths"] = {k: len(v) for k, v in ll_ids.items()}
     bare = BareLlama(backend)
-    bench_backend(res, "llama.cpp", backend, bare, lambda: (backend.forward_passes, backend.tokens_fed),
-                  ll_ids, plan, work, log)
+    BackendBench(res, "llama.cpp", backend, bare, lambda: (backend.forward_passes, backend.tokens_fed),
+                 work, log).run(ll_ids, plan)
     bare.close()
     backend.close()
     res.meta["loadavg_end"] = tuple(round(x, 2) for x in os.getloadavg())
@@ -361,7 +406,9 @@ def render(res: Results, plan: Plan, wall_s: float, command: str) -> str:
         f"- prompts (tokens): {lengths}; the longer one is prompts/gsm8k.txt repeated; both tokenizers give "
         f"{'the same ids' if m.get('same_ids') else '**different ids**'}",
         f"- top candidates after the gsm8k prompt: transformers {top.get('transformers')}; "
-        f"llama.cpp {top.get('llama.cpp')}",
+        f"llama.cpp {top.get('llama.cpp')} (each backend's first prefill); the top probability over the "
+        "later prefills of the same prompt: " + "; ".join(
+            f"{k} {lo:.2%} to {hi:.2%} ({n})" for k, (lo, hi, n) in m.get("top_range", {}).items()),
     ]
     for bad in m.get("mismatches", []):
         lines.append(f"- **forward-pass count mismatch**: {bad}")
@@ -370,11 +417,7 @@ def render(res: Results, plan: Plan, wall_s: float, command: str) -> str:
               "the first decoder layer, or llama.cpp's tokens fed).", "",
               "| backend | figure | median | min | n | ratio | to | passes | note |",
               "|---|---|---|---|---|---|---|---|---|"]
-    for f in res.figures:
-        passes = "-" if f.passes is None else f"{f.passes:g}"
-        low = fmt_value(f.low, f.unit) if f.low is not None and f.n > 1 else ""
-        lines.append(f"| {f.section} | {f.name} | {fmt_value(f.value, f.unit)} | {low} | {f.n} | "
-                     f"{fmt_ratio(f.ratio)} | {f.baseline} | {passes} | {f.note} |")
+    lines += [figure_row(f) for f in res.figures]
     return "\n".join(lines) + "\n"
 
 

@@ -33,8 +33,7 @@ from benchmarks.common import (  # noqa: E402
     Results,
     Target,
     cores,
-    fmt_ratio,
-    fmt_value,
+    figure_row,
     get_section,
     machine_info,
     maxrss_mb,
@@ -681,11 +680,7 @@ def render(res: Results, plan: Plan, wall_s: float) -> str:
               "by a hook on the first decoder layer.", "",
               "| section | figure | median | min | n | ratio | to | passes | note |",
               "|---|---|---|---|---|---|---|---|---|"]
-    for f in res.figures:
-        passes = "-" if f.passes is None else f"{f.passes:g}"
-        low = fmt_value(f.low, f.unit) if f.low is not None and f.n > 1 else ""
-        lines.append(f"| {f.section} | {f.name} | {fmt_value(f.value, f.unit)} | {low} | {f.n} | {fmt_ratio(f.ratio)} | "
-                     f"{f.baseline} | {passes} | {f.note} |")
+    lines += [figure_row(f) for f in res.figures]
     counts = res.raw.get("pass_counts", {})
     if counts:
         bad = [k for k, v in counts.items() if not v["ok"]]
