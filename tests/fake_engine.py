@@ -174,3 +174,19 @@ def new_session(store, engine, prompts: dict[str, str]) -> int:
     for name, text in prompts.items():
         store.create_branch(sid, engine.encode(text), source=name, name=name)
     return sid
+
+
+def explore(store, engine, prompts: dict[str, str], moves=(1, 0, 2), **explorer_args):
+    """(session id, Explorer) of a new session on `engine`, its prompt computed, then one
+    append per move (the move-th candidate: by default the 2nd, then the 1st, then the 3rd)."""
+    from tokentree.core.explorer import Explorer
+
+    sid = new_session(store, engine, prompts)
+    ex = Explorer(store, sid, **explorer_args)
+    ex.attach_engine(engine)
+    ex.run_jobs_inline()
+    for move in moves:
+        ex.cursor(move)
+        ex.append()
+        ex.run_jobs_inline()
+    return sid, ex

@@ -17,10 +17,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from fake_engine import new_session
+from fake_engine import explore
 from test_analysis import expected_influence, expected_lens
 from tokentree.config import Config, DisplayConfig
-from tokentree.core.explorer import Explorer
 from tokentree.export import export_session
 from tokentree.lm.engine import Engine
 from tokentree.lm.loader import load_model
@@ -67,14 +66,7 @@ def test_screen_and_export_equal_a_plain_forward_on_the_real_model(engine, refer
     assert vocab == 49152  # SmolLM2's real vocabulary: no padding rows
     store = Store.open(default_db_path())
     try:
-        sid = new_session(store, engine, {"gsm8k": GSM8K})
-        ex = Explorer(store, sid, config=CONFIG, layer_prob=True)
-        ex.attach_engine(engine)
-        ex.run_jobs_inline()
-        for move in (1, 0, 2):  # append the 2nd, then the 1st, then the 3rd candidate
-            ex.cursor(move)
-            ex.append()
-            ex.run_jobs_inline()
+        sid, ex = explore(store, engine, {"gsm8k": GSM8K}, config=CONFIG, layer_prob=True)
         snap = ex.snapshot()
         ids = [t.token_id for t in snap.prompt]
         probs = forward_probs(reference, ids, vocab)

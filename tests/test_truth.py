@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from fake_engine import new_session
+from fake_engine import explore, new_session
 from tokentree.config import Config, DisplayConfig
 from tokentree.core.explorer import Explorer
 from tokentree.export import export_session
@@ -37,14 +37,7 @@ def test_screen_and_export_equal_a_plain_forward(arch, tiny_models, tokentree_ho
     real_vocab = len(loaded.tokenizer)
     store = Store.open(default_db_path())
     try:
-        sid = new_session(store, engine, {"p": "Natalia sold clips to"})
-        ex = Explorer(store, sid, config=CONFIG)
-        ex.attach_engine(engine)
-        ex.run_jobs_inline()
-        for move in (1, 0, 2):  # append the 2nd, then the 1st, then the 3rd candidate
-            ex.cursor(move)
-            ex.append()
-            ex.run_jobs_inline()
+        sid, ex = explore(store, engine, {"p": "Natalia sold clips to"}, config=CONFIG)
         snap = ex.snapshot()
         ids = [t.token_id for t in snap.prompt]
         probs = reference(loaded.model, ids, real_vocab)
