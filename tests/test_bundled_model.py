@@ -114,6 +114,8 @@ def test_backend_choices(smollm2, tiny_model):
     assert target("smollm2").gguf == smollm2.gguf and not target("smollm2").llama
     assert target("smollm2", "llama").llama and target("smollm2", "llama").label == bundled.NAME
     assert target("/models/x.gguf").llama
+    dense = target("/models/x.gguf", "transformers")  # any local GGUF, dequantized the same way
+    assert not dense.llama and dense.gguf == Path("/models/x.gguf") and dense.label == "/models/x.gguf"
     assert not target(str(tiny_model)).llama
 
 
