@@ -254,7 +254,10 @@ def _resume(args: argparse.Namespace, config: Config, db: Path) -> int:
             return _load_engine(args, config, model_name, quiet=True)
 
         _download_first(args, config, model_name)  # its progress shows before the screen opens
-        _prepare_first(args, config, model_name)
+        try:
+            _prepare_first(args, config, model_name)
+        except ModelLoadError:
+            pass  # the cached tree opens all the same; the load behind the screen says what is wrong
         compare = prepare_compare(args, config, vocab_key=info.vocab_key, session_model=info.model_name)
         if compare is not None:
             compare.attach(explorer)
