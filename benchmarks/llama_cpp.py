@@ -1,4 +1,4 @@
-"""The llama.cpp backend (tokentree/lm/llama.py) on a CPU: its step against llama.cpp's own
+"""The llama.cpp backend (tokentree/lm/llama/) on a CPU: its step against llama.cpp's own
 bare decode and against the transformers engine, and the ways to reuse the KV cache.
 
     uv run python benchmarks/llama_cpp.py                 # Qwen2.5-0.5B-shaped model, F32 + F16 GGUF

@@ -1,4 +1,4 @@
-"""The llama.cpp backend (lm/llama.py) on the tiny Qwen2 model converted to GGUF by llama.cpp's
+"""The llama.cpp backend (lm/llama/) on the tiny Qwen2 model converted to GGUF by llama.cpp's
 own converter: the same numbers as the transformers engine on the model it was converted from,
 the same token ids as its Hugging Face tokenizer, one token fed per step, and a whole session
 (explore, resume from the cache, export) through the real llama.cpp. No mocks."""

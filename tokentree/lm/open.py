@@ -1,6 +1,6 @@
 """Which backend a model name selects, and where a GGUF file named on the hub lives.
 
-A GGUF model runs in process through llama.cpp (lm/llama.py). It is named either as
+A GGUF model runs in process through llama.cpp (lm/llama/). It is named either as
 - a local file: any name ending in `.gguf` (`--model ~/models/qwen2.5-0.5b-q4_k_m.gguf`), or
 - a file in a hub repository: `OWNER/REPO:FILE.gguf` (the file's path inside the repository), or
   `OWNER/REPO:QUANT` (llama.cpp's own `-hf` convention, e.g. `Qwen/Qwen2.5-0.5B-Instruct-GGUF:Q4_K_M`:
@@ -90,7 +90,7 @@ def resolve_gguf(source: GgufSource, *, progress: bool = True) -> Path:
 
 
 def open_gguf(name: str, config, *, quiet: bool = True, label: str | None = None):
-    """The LlamaBackend (lm/llama.py) for a GGUF model name, with the [llama] and [display]
+    """The LlamaBackend (lm/llama/) for a GGUF model name, with the [llama] and [display]
     settings of `config`; ModelLoadError, one line, if it cannot load. The cheap checks come
     first: the llama extra, the file (or the hub download), then torch and the model.
     `label`: the name the session records and the status bar shows (the bundled model's)."""
