@@ -65,7 +65,7 @@ def vocabulary(size: int) -> tuple[list[bytes], int, object, float]:
 
 
 def mask_step(position, top_ids, top_probs) -> tuple[int, float, int]:
-    """What Screen.candidate_rows and the status bar need at one node (core/constraining.py)."""
+    """What Screen.candidate_rows and the status bar need at one node (features/constraint/feature.py)."""
     allowed, mass = 0, 0.0
     for token, prob in zip(top_ids, top_probs):
         if position.allows(token):
@@ -75,7 +75,7 @@ def mask_step(position, top_ids, top_probs) -> tuple[int, float, int]:
 
 
 def bench(name: str, pattern: str, pieces: list[bytes], eos: int, tokenizer, reps: int, cache: Path) -> dict:
-    from tokentree.constraints.index import ConstraintIndex, Vocabulary, load_token_table, save_token_table
+    from tokentree.features.constraint.index import ConstraintIndex, Vocabulary, load_token_table, save_token_table
 
     save_token_table("bench", pieces, [eos], cache)
     reads, builds = [], []
@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="one constraint by name (default: every shipped one)")
     args = parser.parse_args(argv)
 
-    from tokentree.constraints.catalog import load_catalog
-    from tokentree.constraints.index import library_version
+    from tokentree.features.constraint.catalog import load_catalog
+    from tokentree.features.constraint.index import library_version
 
     structs, problems = load_catalog()
     for line in problems:

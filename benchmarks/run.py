@@ -267,7 +267,7 @@ def bench_model(res: Results, plan: Plan, work: Path, log) -> None:
                 bare.append(time.perf_counter() - t0)
             before = passes()
             t0 = time.perf_counter()
-            explorer.fill()  # f: the top candidate fill_tokens times, each step as it arrives
+            explorer.features.fill.start()  # f: the top candidate fill_tokens times, each step as it arrives
             explorer.run_jobs_inline()
             snap = explorer.snapshot()
             k2d.append(time.perf_counter() - t0)

@@ -102,7 +102,7 @@ def scripted_session(engine, appends: int, pause_s: float, prefetch: int, db: Pa
         """True when the node's numbers show; False when its job failed (not scorable)."""
         while ex.snapshot().waiting:
             pump()
-            if ex.error and ex._in_flight is None and ex._retry_at is None:
+            if ex.error and ex.idle and ex.main.retry_at is None:
                 return False
             time.sleep(0.0005)
         return True

@@ -109,10 +109,11 @@ class FakeEngine:
             lens_ids = sorted(range(len(probs)), key=lambda i: -probs[i])[:lens_count]
         return out, self._analysis(tokens, influence, lens_ids)
 
-    def sample(self, prefix, *, count, steps, settings, seed, stop_ids=frozenset()):
+    def sample(self, prefix, *, count, steps, settings, seed, stop_ids=frozenset(), allowed=None):
         """Like Engine.sample: `count` continuations of up to `steps` tokens, drawn with the
         sampler `settings` from the fake's full distributions, deterministic in `seed`; one
-        forward pass per step (the batch), a continuation ending after a token of `stop_ids`."""
+        forward pass per step (the batch), a continuation ending after a token of `stop_ids`.
+        `allowed`: drawn tokens -> bitmask of the ids that may follow (a row with none ends)."""
         from tokentree.sampling import survivors
 
         self._wait()
@@ -125,7 +126,14 @@ class FakeEngine:
             self.forward_passes += 1
             for row in list(live):
                 tokens = list(prefix) + [t for t, _ in drawn[row]]
-                probs = self._probs(tokens)
+                probs = list(self._probs(tokens))
+                if allowed is not None:
+                    mask = allowed([t for t, _ in drawn[row]])
+                    probs = [p if (i >> 3) < len(mask) and mask[i >> 3] >> (i & 7) & 1 else 0.0
+                             for i, p in enumerate(probs)]
+                    if not any(probs):
+                        live.remove(row)
+                        continue
                 order = sorted(range(len(probs)), key=lambda i: -probs[i])
                 kept, _ = survivors(order, [probs[i] for i in order], settings, 0.0)
                 token = rng.choices(list(kept), weights=list(kept.values()))[0]

@@ -175,19 +175,19 @@ def _apply(explorer, store, sid: int, command: str) -> None:
         elif command == "walk_forward":
             explorer.walk_forward()
         elif command == "next_branch":
-            explorer.switch_branch(1)
+            explorer.features.branches.switch_branch(1)
         elif command == "prev_branch":
-            explorer.switch_branch(-1)
+            explorer.features.branches.switch_branch(-1)
         elif command == "duplicate":
-            explorer.duplicate_branch()
+            explorer.features.branches.duplicate_branch()
         elif command == "remove":
-            explorer.remove_branch()
+            explorer.features.branches.remove_branch()
         elif command == "reset":
-            explorer.reset_branch()
+            explorer.features.branches.reset_branch()
         elif command == "undo":
             explorer.undo()
         elif command == "save":
-            explorer.save_branch()
+            explorer.features.branches.save_branch()
         elif command == "view":
             explorer.cycle_prompt_view()
         elif command == "snapshot":

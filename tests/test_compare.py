@@ -13,8 +13,8 @@ import pytest
 
 from fake_engine import FakeEngine, FakeLoaded, new_session
 from tokentree.config import Config, DisplayConfig
-from tokentree.core.compare import (REST_EPSILON, DiffToken, Totals, branch_diff, compare_prob, diff_table,
-                                    disagreement, divergence, fork_depth)
+from tokentree.features.compare.diff import DiffToken, Totals, branch_diff, diff_table, fork_depth
+from tokentree.features.compare.divergence import REST_EPSILON, compare_prob, disagreement, divergence
 from tokentree.core.explorer import Explorer
 from tokentree.errors import ModelLoadError
 from tokentree.paths import default_db_path
@@ -77,7 +77,7 @@ def test_diff_from_the_fork_point_against_a_plain_computation(store):
     sid, branches = forked_session(store, engine)
     ex = explorer(store, sid, engine)
     a, b = branches["cat"], branches["cat (2)"]
-    diff = ex.branch_diff(a.id, b.id)
+    diff = ex.features.compare.branch_diff(a.id, b.id)
 
     ta = [n.token_id for n in store.path_nodes(a.node_id)]
     tb = [n.token_id for n in store.path_nodes(b.node_id)]
@@ -102,7 +102,7 @@ def test_diff_with_unequal_lengths_another_root_and_the_same_node(store):
     sid, branches = forked_session(store, engine)
     ex = explorer(store, sid, engine)
     cat, dog = branches["cat"], branches["dog"]
-    diff = ex.branch_diff(cat.id, dog.id)
+    diff = ex.features.compare.branch_diff(cat.id, dog.id)
     assert diff.shared == 0 and diff.context == ""
     assert len(diff.rows) == 6 and diff.rows[-1].b is None and diff.rows[-1].delta is None
     # A first token has no distribution before it: n/a, not pending, not in the totals.
@@ -112,9 +112,9 @@ def test_diff_with_unequal_lengths_another_root_and_the_same_node(store):
     assert diff.a.totals.logprob == pytest.approx(sum(plain_logps(engine, tokens)[1:]), abs=1e-5)
 
     dup = store.duplicate_branch(sid, cat.id)
-    same = ex.branch_diff(cat.id, dup)
+    same = ex.features.compare.branch_diff(cat.id, dup)
     assert same.same and not same.rows and "nothing differs" in diff_table(same).note
-    assert ex.branch_diff(cat.id, 10**6) is None  # a branch that is gone
+    assert ex.features.compare.branch_diff(cat.id, 10**6) is None  # a branch that is gone
 
 
 def test_diff_math_on_plain_values():
@@ -204,7 +204,7 @@ def test_kl_and_tv_of_two_tiny_models_against_a_direct_computation(store, twin_m
     assert main.info.vocab_key == second.info.vocab_key and main.info.fingerprint != second.info.fingerprint
     sid = new_session(store, main, {"story": "Once upon a time there was"})
     ex = Explorer(store, sid, config=CONFIG, model_name=main.info.name, engine=main)
-    ex.set_compare(second.info.name, second.info.fingerprint, engine=second)
+    ex.features.compare.set_model(second.info.name, second.info.fingerprint, engine=second)
     ex.run_jobs_inline()
     snap = ex.snapshot()
     got = snap.compare.divergence
@@ -252,7 +252,7 @@ def test_compare_model_outputs_are_cached_under_its_fingerprint_and_resume_reads
     engine, other = FakeEngine(), OtherFake()
     sid, branches = forked_session(store, engine)
     ex = explorer(store, sid, engine)
-    ex.set_compare("fake-other", other.info.fingerprint, engine=other)
+    ex.features.compare.set_model("fake-other", other.info.fingerprint, engine=other)
     ex.run_jobs_inline()
     before = ex.snapshot()
     assert before.compare.divergence is not None and other.forward_passes == 1  # one pass: the path
@@ -267,15 +267,14 @@ def test_compare_model_outputs_are_cached_under_its_fingerprint_and_resume_reads
     # Resumed with the same compare model: both models' numbers come from the cache, before
     # either model is attached, and attaching them costs no pass.
     again = Explorer(store, sid, config=CONFIG, model_name=engine.loaded.name)
-    again.set_compare("fake-other", other.info.fingerprint, load=lambda: OtherFake())
+    fresh_main, fresh_other = FakeEngine(), OtherFake()
+    again.features.compare.set_model("fake-other", other.info.fingerprint, load=lambda: fresh_other)
     snap = again.snapshot()
     assert snap.compare.loading and snap.compare.divergence == before.compare.divergence
     assert [r.compare for r in snap.candidates] == [r.compare for r in before.candidates]
-    fresh_main, fresh_other = FakeEngine(), OtherFake()
     again.attach_engine(fresh_main)
-    again.compare.load = lambda: fresh_other
     again.run_jobs_inline()
-    assert again.compare.engine is fresh_other and not again.snapshot().compare.loading
+    assert again.features.compare.slot.engine is fresh_other and not again.snapshot().compare.loading
     assert fresh_main.forward_passes == 0 and fresh_other.forward_passes == 0
 
 
@@ -285,11 +284,11 @@ def test_compare_model_with_another_vocabulary_is_refused(store):
     ex = explorer(store, sid, engine)
     stranger = FakeEngine(FakeLoaded(name="stranger", fingerprint="stranger|f32", vocab_key="othervocab"))
     with pytest.raises(ModelLoadError, match="different vocabulary"):
-        ex.set_compare("stranger", "stranger|f32", engine=stranger)
+        ex.features.compare.set_model("stranger", "stranger|f32", engine=stranger)
     # Loading in the worker: the refusal is the status line's error; the model is dropped.
-    ex.set_compare("stranger", "stranger|f32", load=lambda: stranger)
+    ex.features.compare.set_model("stranger", "stranger|f32", load=lambda: stranger)
     ex.run_jobs_inline()
-    assert ex.compare.engine is None and "different vocabulary" in ex.snapshot().status.error
+    assert ex.features.compare.slot.engine is None and "different vocabulary" in ex.snapshot().status.error
     assert ex.snapshot().compare.failed
 
 
@@ -302,7 +301,7 @@ def test_disagreement_view_only_with_a_compare_model(store):
         ex.cycle_prompt_view()
         seen.append(ex.prompt_view)
     assert "disagreement" not in seen and seen[:4] == ["probability", "entropy", "influence", "plain"]
-    ex.set_compare("fake-other", "fake-other|float32", engine=OtherFake())
+    ex.features.compare.set_model("fake-other", "fake-other|float32", engine=OtherFake())
     while ex.prompt_view != "disagreement":
         ex.cycle_prompt_view()
     assert ex.snapshot().view_pending  # the compare model has not run yet
@@ -344,7 +343,7 @@ def test_export_diff_through_the_real_cli(store, tmp_path):
     ppl = next(line for line in lines if line.lstrip().startswith("ppl"))
     assert f"{math.exp(-sum(la) / 2):.3f}" in ppl and f"{math.exp(-sum(lb) / 2):.3f}" in ppl
     # The same table as the diff view's.
-    table = diff_table(ex.branch_diff(a.id, b.id))
+    table = diff_table(ex.features.compare.branch_diff(a.id, b.id))
     for cells in table.rows:
         assert all(c in out for c in cells)
 

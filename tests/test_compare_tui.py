@@ -16,9 +16,9 @@ from fake_engine import FakeEngine
 from test_compare import OtherFake, plain_logps
 from test_tui_pty import CTRL_Q, DOWN, LEFT, RIGHT, Terminal
 from test_tui_widgets import attrs_of, branch_lines, lines, make_app, prompt_row, row_with
-from tokentree.core.compare import diff_table
+from tokentree.features.compare.diff import diff_table
 from tokentree.paths import default_db_path
-from tokentree.tui.widgets import LEGEND
+from tokentree.tui.help import LEGEND
 from tokentree.store import Store
 
 ESC, ENTER = "\x1b", "\r"
@@ -97,7 +97,7 @@ def test_enter_opens_the_diff_view_with_the_plain_numbers_and_esc_closes_it(stor
     assert f"branch diff \u00b7 {a.name} vs dog" in text
     assert f"{a.name} (A) vs dog (B): fork after 4 shared tokens" in text  # " a dog and" + 1
     assert "logp A" in text and "logp B" in text and "\u0394 A\u2212B" in text
-    diff = app.explorer.branch_diff(a.id, b.id)
+    diff = app.explorer.features.compare.branch_diff(a.id, b.id)
     path_a = [n.token_id for n in store.path_nodes(next(x for x in store.branches(app.explorer.session_id)
                                                          if x.id == a.id).node_id)]
     path_b = [n.token_id for n in store.path_nodes(next(x for x in store.branches(app.explorer.session_id)
@@ -151,7 +151,7 @@ def test_help_lists_the_compare_and_picker_commands(store):
 def compare_app(store, **kw):
     app = make_app(store, **kw)
     other = OtherFake()
-    app.explorer.set_compare("/models/fake-other", other.info.fingerprint, engine=other)
+    app.explorer.features.compare.set_model("/models/fake-other", other.info.fingerprint, engine=other)
     app.settle()
     return app, other
 

@@ -20,10 +20,10 @@ import regex
 
 from fake_engine import VOCAB, FakeEngine, new_session
 from tokentree.config import parse_config
-from tokentree.constraints import COMPLETE, DEAD, LIVE, ConstraintError
-from tokentree.constraints import catalog as catalog_mod
-from tokentree.constraints.catalog import check_pattern, find, load_catalog, normalize_pattern
-from tokentree.constraints.index import (ConstraintIndex, Vocabulary, load_token_table, text_status,
+from tokentree.features.constraint import COMPLETE, DEAD, LIVE, ConstraintError
+from tokentree.features.constraint import catalog as catalog_mod
+from tokentree.features.constraint.catalog import check_pattern, find, load_catalog, normalize_pattern
+from tokentree.features.constraint.index import (ConstraintIndex, Vocabulary, load_token_table, text_status,
                                          vocabulary_file, vocabulary_for)
 from tokentree.core.explorer import Explorer
 from tokentree.core.worker import InlineWorker
@@ -285,19 +285,19 @@ def _explorer(store, config=None, prompt=" the cat sat"):
 
 
 def _text_since(ex, depth: int) -> bytes:
-    snap_branch = ex._focused_branch()
-    path = ex._view.path_of(snap_branch.node_id)
+    snap_branch = ex.focused_branch()
+    path = ex.view.path_of(snap_branch.node_id)
     return b"".join(VOCAB[n.token_id] for n in path[depth:])
 
 
 def _out(ex):
-    node = ex._focused_node()
-    return node, ex._view.outputs_for([node.prefix_key])[node.prefix_key]
+    node = ex.focused_node()
+    return node, ex.view.outputs_for([node.prefix_key])[node.prefix_key]
 
 
 def test_the_table_lists_only_allowed_tokens_renormalized(store, no_shipped):
     ex, engine, sid = _explorer(store)
-    ex.toggle_constraint()
+    ex.features.constraint.toggle()
     assert "regex words on from here" in ex.message
     ex.run_jobs_inline()  # compiles the index in the worker
     snap = ex.snapshot()
@@ -324,18 +324,18 @@ def test_the_table_lists_only_allowed_tokens_renormalized(store, no_shipped):
 
 def test_append_and_fill_only_append_allowed_tokens(store, no_shipped):
     ex, engine, sid = _explorer(store)
-    ex.toggle_constraint()
+    ex.features.constraint.toggle()
     ex.run_jobs_inline()
     rx = regex.compile(WORDS)
     ex.cursor(1)
     ex.append()
     ex.run_jobs_inline()
     assert viable(rx, _text_since(ex, 3))
-    ex.fill()
+    ex.features.fill.start()
     ex.run_jobs_inline()
     text = _text_since(ex, 3)
     assert ex.message.startswith(("filled", "nothing to fill")), ex.message
-    tokens = [n.token_id for n in ex._view.path_of(ex._focused_branch().node_id)[3:]]
+    tokens = [n.token_id for n in ex.view.path_of(ex.focused_branch().node_id)[3:]]
     for k in range(1, len(tokens) + 1):  # every appended token kept the text viable (or ended it)
         part = b"".join(VOCAB[t] for t in tokens[:k] if t != 0)
         assert viable(rx, part), (tokens, k)
@@ -343,33 +343,67 @@ def test_append_and_fill_only_append_allowed_tokens(store, no_shipped):
         assert rx.fullmatch(text.decode().replace("<s>", "")) is not None  # eos only once complete
 
 
+def test_sample_draws_only_tokens_the_constraint_allows(store, no_shipped):
+    """g under a regex constraint: every drawn token keeps the text viable (the fake model's
+    own distribution puts most of its mass on tokens the pattern rules out)."""
+    config = parse_config({"display": {"tokens_to_show": 6},
+                           "explore": {"prefetch": 0, "fill_tokens": 8, "sample_count": 6},
+                           "sampling": {"temperature": 1.5, "seed": 7}, "structs": {"words": WORDS}})
+    ex, engine, sid = _explorer(store, config)
+    ex.features.constraint.toggle()
+    ex.run_jobs_inline()  # the index
+    ex.features.sample.start()
+    assert "under the regex constraint" in ex.message
+    ex.run_jobs_inline()
+    assert ex.message.startswith("sampled 6 continuations"), ex.message
+    rx = regex.compile(WORDS)
+    samples = [b for b in ex.view.branches() if b.name.startswith("sample ")]
+    assert len(samples) == 6
+    lengths = []
+    for branch in samples:
+        path = ex.view.path_of(branch.node_id)
+        text = b"".join(VOCAB[n.token_id] for n in path[3:] if n.token_id != 0)
+        assert viable(rx, text), (branch.name, text)
+        if path[-1].token_id == 0:  # a stop token only after a whole match
+            assert rx.fullmatch(text.decode()) is not None
+        lengths.append(len(path) - 3)
+    assert max(lengths) > 1
+    # Without the constraint the same seed draws tokens the pattern rules out.
+    ex.features.constraint.toggle()
+    ex.features.sample.start()
+    ex.run_jobs_inline()
+    free = [b for b in ex.view.branches() if b.name.startswith("sample ")][6:]
+    texts = [b"".join(VOCAB[n.token_id] for n in ex.view.path_of(b.node_id)[3:] if n.token_id != 0) for b in free]
+    assert any(not viable(rx, t) for t in texts), texts
+
+
 def test_states_on_screen_and_why_nothing_can_be_appended(store, no_shipped):
     ex, engine, sid = _explorer(store, _config(words=WORDS, cat=r" the cat sat( on)?"))
-    branch = ex._focused_branch()
+    branch = ex.focused_branch()
     # Switched on at the root: " the cat sat" is a whole match of `cat`.
-    ex._command(store.set_constraint, branch.id, "cat", r" the cat sat( on)?", depth=0 + 1 - 1 or 1)
+    ex.command(store.set_constraint, branch.id, "cat", r" the cat sat( on)?", depth=0 + 1 - 1 or 1)
     ex.run_jobs_inline()
     # depth 1 covers " cat sat" (the first token is before it): dead for `cat`.
     snap = ex.snapshot()
     assert snap.constraint.status == DEAD and snap.candidates == ()
     ex.append()
     assert "dead here" in ex.message
-    ex.fill()
+    ex.features.fill.start()
     assert ex.message.startswith("nothing to fill: regex cat is dead")
-    ex.sample()
-    assert "sampling does not follow regex constraints" in ex.message
-    ex.cycle_constraint()  # R while one is on: the next one takes its place, from here
+    ex.features.sample.start()
+    assert "dead here" in ex.message  # g draws nothing either: it says why
+    ex.features.constraint.cycle()  # R while one is on: the next one takes its place, from here
     ex.run_jobs_inline()
     assert ex.snapshot().constraint.name in ("words", "cat")
     # A whole match: `cat` from the start of the prompt.
-    store_branch = ex._focused_branch()
-    ex._command(store.clear_constraint, store_branch.id)
+    store_branch = ex.focused_branch()
+    ex.command(store.clear_constraint, store_branch.id)
     engine2 = FakeEngine()
     sid2 = new_session(store, engine2, {"cat": " the cat sat"})
     ex2 = Explorer(store, sid2, config=_config(cat=r"( the)? cat sat( on)?"), model_name="fake-model", engine=engine2)
     ex2.run_jobs_inline()
-    b2 = ex2._focused_branch()
-    ex2._command(store.set_constraint, b2.id, "cat", r"( the)? cat sat( on)?", depth=1)
+    b2 = ex2.focused_branch()
+    ex2.command(store.set_constraint, b2.id, "cat", r"( the)? cat sat( on)?", depth=1)
     ex2.run_jobs_inline()
     line = ex2.snapshot().constraint
     assert line.status == COMPLETE and line.can_continue  # " on" may follow
@@ -381,7 +415,7 @@ def test_states_on_screen_and_why_nothing_can_be_appended(store, no_shipped):
 
 def test_before_its_start_the_table_is_not_filtered(store, no_shipped):
     ex, engine, sid = _explorer(store)
-    ex.toggle_constraint()
+    ex.features.constraint.toggle()
     ex.run_jobs_inline()
     ex.pop()
     snap = ex.snapshot()
@@ -391,14 +425,14 @@ def test_before_its_start_the_table_is_not_filtered(store, no_shipped):
 
 def test_toggle_undo_duplicate_rebuild_resume_and_export(store, no_shipped):
     ex, engine, sid = _explorer(store)
-    ex.toggle_constraint()  # on
+    ex.features.constraint.toggle()  # on
     ex.run_jobs_inline()
     ex.append()
     ex.run_jobs_inline()
-    ex.duplicate_branch()  # the copy keeps the constraint
+    ex.features.branches.duplicate_branch()  # the copy keeps the constraint
     assert {b.name for b in store.branches(sid)} == {"cat", "branch 2"}
     assert {c.name for c in store.constraints(sid).values()} == {"words"} and len(store.constraints(sid)) == 2
-    ex.toggle_constraint()  # off on the copy
+    ex.features.constraint.toggle()  # off on the copy
     assert "regex words off" in ex.message
     assert len(store.constraints(sid)) == 1
     ex.undo()
@@ -407,7 +441,7 @@ def test_toggle_undo_duplicate_rebuild_resume_and_export(store, no_shipped):
     ex.undo()  # the append
     ex.undo()  # the constraint
     assert store.constraints(sid) == {}
-    ex.toggle_constraint()
+    ex.features.constraint.toggle()
     ex.run_jobs_inline()
     ex.append()
     ex.run_jobs_inline()
@@ -436,31 +470,31 @@ def test_no_constraints_and_bad_files_say_so(store, monkeypatch, tmp_path):
     folder.mkdir()
     monkeypatch.setattr(catalog_mod, "struct_dir", lambda: folder)
     ex, engine, sid = _explorer(store, parse_config({"explore": {"prefetch": 0}}))
-    ex.toggle_constraint()
+    ex.features.constraint.toggle()
     assert ex.message.startswith("no regex constraints: put one regular expression per file in prompts/structs/")
     (folder / "bad.txt").write_text("(\n", encoding="utf-8")
     (folder / "ok.txt").write_text(WORDS + "\n", encoding="utf-8")
     ex2, _, _ = _explorer(store, parse_config({"explore": {"prefetch": 0}}))
-    ex2.cycle_constraint()
+    ex2.features.constraint.cycle()
     assert ex2.message == (f"regex ok (1 of 1): {WORDS}  (r switches it on); skipped bad.txt: not a valid "
                            "regular expression: missing ), unterminated subpattern at position 0")
-    ex2.cycle_constraint()
+    ex2.features.constraint.cycle()
     assert ex2.message == f"regex ok (1 of 1): {WORDS}  (r switches it on)"  # said once
     assert [e.type for e in store.events(ex2.session_id) if e.type.startswith("constraint")] == []
 
 
 def test_when_nothing_is_allowed_the_table_and_keys_say_why(store):
     ex, engine, sid = _explorer(store)  # the shipped constraints: the fake vocabulary has no digit
-    ex.cycle_constraint()
-    ex.cycle_constraint()  # email, then iso_date
-    ex.toggle_constraint()
+    ex.features.constraint.cycle()
+    ex.features.constraint.cycle()  # email, then iso_date
+    ex.features.constraint.toggle()
     ex.run_jobs_inline()
     snap = ex.snapshot()
     assert (snap.constraint.name, snap.constraint.status, snap.candidates) == ("iso_date", LIVE, ())
     assert snap.constraint.vocab_allowed == 0
     ex.append()
     assert ex.message == "no token of the model's vocabulary keeps regex iso_date matching (r switches it off)"
-    ex.fill()
+    ex.features.fill.start()
     assert ex.message.startswith("nothing to fill: no token of the model's vocabulary")
 
 
@@ -548,7 +582,7 @@ def test_a_real_model_compiles_its_vocabulary_and_matches_brute_force(store, tin
     sid = new_session(store, engine, {"story": "Once upon a time"})
     ex = Explorer(store, sid, config=config, model_name=engine.info.name, engine=engine)
     ex.run_jobs_inline()
-    ex.toggle_constraint()
+    ex.features.constraint.toggle()
     ex.run_jobs_inline()
     for _ in range(3):
         ex.append()
@@ -557,7 +591,7 @@ def test_a_real_model_compiles_its_vocabulary_and_matches_brute_force(store, tin
     assert snap.constraint.status in (LIVE, COMPLETE)
     pieces = engine.token_bytes(range(engine.vocab_size))
     node, out = _out(ex)
-    path = ex._view.path_of(node.id)
+    path = ex.view.path_of(node.id)
     text = b"".join(pieces[n.token_id] for n in path[len(engine.encode("Once upon a time")):])
     want = brute_allowed("[ A-Za-z]+", text, [pieces[i] for i in range(engine.vocab_size)],
                          set(engine.stop_ids("eos")))

@@ -435,6 +435,42 @@ def test_same_seed_same_samples_another_seed_differs(loaded):
     assert len({tuple(c) for c in first}) > 1, "the rows of one batch draw independently"
 
 
+def bitmask(ids, size: int) -> bytes:
+    """One bit per id, little-endian, as a regex constraint's matcher gives them."""
+    mask = bytearray((size + 7) // 8)
+    for i in ids:
+        mask[i >> 3] |= 1 << (i & 7)
+    return bytes(mask)
+
+
+def test_sample_draws_only_what_allowed_lets_through(loaded):
+    """`allowed` (a regex constraint, in the worker): only its ids are drawn, their numbers
+    stay the model's own (unmasked), and a row where nothing may follow ends there."""
+    engine = Engine(loaded["qwen2"], top_k=TOP_K)
+    prompt = engine.encode(PROMPT)
+    top = engine.prefill(prompt)[-1].next.top_ids
+    odd = [i for i in range(engine.vocab_size) if i % 2 and i not in top[:5]]
+    asked = []
+
+    def allowed(drawn):
+        asked.append(tuple(drawn))
+        return b"" if len(drawn) >= 3 else bitmask(odd, engine.vocab_size)
+
+    drawn = engine.sample(prompt, count=4, steps=6, settings=SamplingConfig(temperature=1.0), seed=2,
+                          allowed=allowed)
+    assert [len(c) for c in drawn] == [3] * 4  # nothing allowed after three: each row ends
+    for row in drawn:
+        tokens = [t for t, _ in row]
+        assert all(t % 2 and t not in top[:5] for t in tokens), tokens
+        for k, (token, out) in enumerate(row):
+            own = engine.step(prompt + tokens[:k], token)  # the model's own, unmasked numbers
+            assert out.token_prob == pytest.approx(own.token_prob, rel=1e-4)
+            assert out.token_rank == own.token_rank
+    assert () in asked and len(asked) == 4 * 4  # each row asked at each of its steps, and once more
+    free = tokens_of(engine.sample(prompt, count=4, steps=3, settings=SamplingConfig(temperature=1.0), seed=2))
+    assert any(t % 2 == 0 or t in top[:5] for c in free for t in c)  # the check can fail
+
+
 @pytest.mark.parametrize("arch", ARCHES)
 def test_a_stop_id_ends_a_continuation(loaded, arch):
     engine = Engine(loaded[arch], top_k=TOP_K)

@@ -59,7 +59,7 @@ def test_fill_appends_the_top_candidate_and_undoes_as_one_step(store, engine):
     ex = explorer_for(store, engine)
     start = tokens(ex)
     expected = greedy(FakeEngine(), start, 6, engine.stop_ids("eos"))
-    ex.fill()
+    ex.features.fill.start()
     assert ex.busy and ex.busy.startswith("filling")
     ex.run_jobs_inline()
     assert tokens(ex) == start + expected
@@ -74,7 +74,7 @@ def test_fill_stops_at_a_newline_with_fill_stop_line(store, engine):
     start = tokens(ex)
     stops = engine.stop_ids("line")
     expected = greedy(FakeEngine(), start, 30, stops)
-    ex.fill()
+    ex.features.fill.start()
     ex.run_jobs_inline()
     assert tokens(ex) == start + expected
     assert (expected[-1] in stops) or len(expected) == 30
@@ -83,7 +83,7 @@ def test_fill_stops_at_a_newline_with_fill_stop_line(store, engine):
 def test_esc_cancels_a_fill_and_keeps_what_it_appended(store, engine):
     ex = explorer_for(store, engine)
     start = tokens(ex)
-    ex.fill()
+    ex.features.fill.start()
     task = ex.take_job()  # one step computed ...
     task.finish(task.run())
     assert ex.cancel()  # ... then esc
@@ -96,7 +96,7 @@ def test_esc_cancels_a_fill_and_keeps_what_it_appended(store, engine):
 
 def test_a_key_in_between_ends_the_fill(store, engine):
     ex = explorer_for(store, engine)
-    ex.fill()
+    ex.features.fill.start()
     task = ex.take_job()
     task.finish(task.run())
     ex.pop()  # the user moves on: the fill must not keep appending after this
@@ -109,7 +109,7 @@ def test_sample_makes_named_branches_reproducibly_and_undoes_as_one(store, engin
     config = replace(CONFIG, sampling=SamplingConfig(seed=7))
     ex = explorer_for(store, engine, config)
     start = tokens(ex)
-    ex.sample()
+    ex.features.sample.start()
     ex.run_jobs_inline()
     snap = ex.snapshot()
     names = [b.name for b in snap.branches]
@@ -132,33 +132,33 @@ def test_counterfactual_replaces_the_last_token_and_undoes_as_one(store, engine)
     before = tokens(ex)
     top = FakeEngine().prefill(before[:-1])[-1].next.top_ids  # the parent's candidates, by rank
     assert before[-1] == top[0]
-    ex.counterfactual(1)
+    ex.features.forks.counterfactual(1)
     ex.run_jobs_inline()
     assert tokens(ex) == before[:-1] + [top[1]]
-    ex.counterfactual(1)
+    ex.features.forks.counterfactual(1)
     assert tokens(ex) == before[:-1] + [top[2]]
     ex.undo()  # pop + append come back as one step
     assert tokens(ex) == before[:-1] + [top[1]]
     ex.undo()
     assert tokens(ex) == before
-    ex.counterfactual(-1)
+    ex.features.forks.counterfactual(-1)
     assert tokens(ex) == before and "no previous candidate" in ex.message
 
 
 def test_fork_points_move_to_unsure_nodes_and_back(store, engine):
     config = replace(CONFIG, explore=ExploreConfig(fill_tokens=8, fork_entropy=0.0))
     ex = explorer_for(store, engine, config)
-    ex.fill()
+    ex.features.fill.start()
     ex.run_jobs_inline()
     tip = tokens(ex)
-    ex.fork_point(-1)  # every node is "unsure" at threshold 0: one step back
+    ex.features.forks.fork_point(-1)  # every node is "unsure" at threshold 0: one step back
     assert tokens(ex) == tip[:-1] and "fork point 1 token back" in ex.message
-    ex.fork_point(1)
+    ex.features.forks.fork_point(1)
     assert tokens(ex) == tip
     strict = replace(config, explore=ExploreConfig(fork_entropy=1.0))
     ex2 = Explorer(store, ex.session_id, config=strict)
     ex2.attach_engine(engine)
-    ex2.fork_point(-1)
+    ex2.features.forks.fork_point(-1)
     assert tokens(ex2) == tip and "no fork point" in ex2.message
 
 
@@ -173,36 +173,36 @@ def test_fork_point_stops_where_the_tree_branches(store, engine):
     ex.append()
     ex.run_jobs_inline()
     prompt_tip = tokens(ex)[:-1]
-    ex.fill()
+    ex.features.fill.start()
     ex.run_jobs_inline()
-    ex.fork_point(-1)
+    ex.features.forks.fork_point(-1)
     assert tokens(ex) == prompt_tip and "the tree forks" in ex.message
 
 
 def test_rename_is_an_event_and_undoes(store, engine):
     ex = explorer_for(store, engine)
-    ex.rename_branch("  my idea ")
-    assert ex.focused_branch_name == "my idea"
+    ex.features.branches.rename_branch("  my idea ")
+    assert ex.features.branches.focused_branch_name == "my idea"
     assert store.events(ex.session_id)[-1].type == "branch.renamed"
     with pytest.raises(StoreError):
-        ex.rename_branch("")
+        ex.features.branches.rename_branch("")
     ex.undo()
-    assert ex.focused_branch_name == "cat"
+    assert ex.features.branches.focused_branch_name == "cat"
 
 
 def test_search_jumps_to_matches_and_steps_through_them(store, engine):
     ex = explorer_for(store, engine, prompts={"a": " the cat sat", "b": " a dog ran away"})
-    ex.search("DOG")
+    ex.features.search.search("DOG")
     snap = ex.snapshot()
     assert "".join(t.text for t in snap.prompt).endswith(" a dog")
     assert snap.search == 'search "DOG": match 1 of 1'
-    ex.search("the cat")
+    ex.features.search.search("the cat")
     snap = ex.snapshot()
     assert "".join(t.text for t in snap.prompt) == " the cat"  # a branch at the match
     branches = len(snap.branches)
-    ex.search_step(1)  # one match: stays, no new branch per step
+    ex.features.search.step(1)  # one match: stays, no new branch per step
     assert len(ex.snapshot().branches) == branches
-    ex.search("zebra")
+    ex.features.search.search("zebra")
     assert "no match" in ex.message
     ex.undo()  # the search's branch goes with one u
     assert len(ex.snapshot().branches) == branches - 1
@@ -211,12 +211,12 @@ def test_search_jumps_to_matches_and_steps_through_them(store, engine):
 def test_sampler_column_marks_survivors(store, engine):
     config = replace(CONFIG, sampling=SamplingConfig(top_k=2))
     ex = explorer_for(store, engine, config)
-    ex.toggle_sampler()
+    ex.features.sampler.toggle()
     snap = ex.snapshot()
     kept = [r.sampled for r in snap.candidates]
     assert kept[2:] == [None] * (len(kept) - 2) and all(p is not None for p in kept[:2])
     p0, p1 = snap.candidates[0].prob, snap.candidates[1].prob
     assert kept[0] == pytest.approx(p0 / (p0 + p1)) and sum(kept[:2]) == pytest.approx(1.0)
     assert "top-k 2" in snap.sampler
-    ex.toggle_sampler()
+    ex.features.sampler.toggle()
     assert ex.snapshot().sampler is None

@@ -172,12 +172,12 @@ def test_walk_forward_follows_the_selected_child(store, engine):
     ex = explorer_for(store, engine, {"cat": " the cat"})
     base = len(ex.snapshot().prompt)
     for row in (0, 1):
-        ex._selected_token = ex.snapshot().candidates[row].token_id
+        ex.selected_token = ex.snapshot().candidates[row].token_id
         ex.append()
         ex.run_jobs_inline()
         ex.append()
         ex.run_jobs_inline()
-        ex.reset_branch()
+        ex.features.branches.reset_branch()
     ex.cursor(1)  # the second child, explored two deep
     ex.walk_forward()
     snap = ex.snapshot()
@@ -187,24 +187,24 @@ def test_walk_forward_follows_the_selected_child(store, engine):
 def test_branch_commands_and_undo(store, engine):
     ex = explorer_for(store, engine)
     names = lambda: [(b.name, b.focused) for b in ex.snapshot().branches]  # noqa: E731
-    ex.switch_branch(-1)
+    ex.features.branches.switch_branch(-1)
     assert names() == [("cat", True), ("dog", False)]
-    ex.switch_branch(-1)  # wraps around
+    ex.features.branches.switch_branch(-1)  # wraps around
     assert names() == [("cat", False), ("dog", True)]
-    ex.duplicate_branch()
+    ex.features.branches.duplicate_branch()
     assert len(names()) == 3 and names()[2][1] is True
-    ex.remove_branch()
+    ex.features.branches.remove_branch()
     assert len(names()) == 2
     ex.undo()
     assert len(names()) == 3 and ex.message.startswith("undid")
-    ex.remove_branch(), ex.remove_branch()
-    ex.remove_branch()
+    ex.features.branches.remove_branch(), ex.features.branches.remove_branch()
+    ex.features.branches.remove_branch()
     assert ex.message == "cannot remove the last branch" and len(names()) == 1
 
 
 def test_reset_and_stats(store, engine):
     ex = explorer_for(store, engine, {"cat": " the cat"})
-    ex.reset_branch()
+    ex.features.branches.reset_branch()
     assert ex.message == "already at the root prompt"
     for _ in range(2):
         ex.append()
@@ -216,7 +216,7 @@ def test_reset_and_stats(store, engine):
     appended = [t.value for t in ex.snapshot().prompt if t.appended]
     assert row.logprob == pytest.approx(sum(math.log(p) for p in appended))
     assert row.perplexity == pytest.approx(math.exp(-row.logprob / 2))
-    ex.reset_branch()
+    ex.features.branches.reset_branch()
     assert ex.snapshot().branches[0].appended == 0
     assert types(store, ex.session_id)[-1] == "branch.reset"
 
@@ -281,14 +281,14 @@ def test_layer_views_say_when_the_model_has_no_faithful_lens(store, engine):
 
 def test_save_branch_never_overwrites(store, engine):
     ex = explorer_for(store, engine, {"cat": " the cat sat"})
-    first = ex.save_branch()
+    first = ex.features.branches.save_branch()
     assert first.parent == saved_prompts_dir() and first.name == "the-cat-sat.txt"
     assert first.read_text(encoding="utf-8") == " the cat sat"
-    again = ex.save_branch()  # the same text: no second file, and it says so
+    again = ex.features.branches.save_branch()  # the same text: no second file, and it says so
     assert again == first and ex.message == f"already saved as {first}"
     assert types(store, ex.session_id).count("prompt.saved") == 1
     first.write_text("edited by hand", encoding="utf-8")  # taken by other text: a new name
-    second = ex.save_branch()
+    second = ex.features.branches.save_branch()
     assert second.name == "the-cat-sat-2.txt" and first.read_text(encoding="utf-8") == "edited by hand"
     assert types(store, ex.session_id)[-1] == "prompt.saved"
 
@@ -303,7 +303,7 @@ def test_tree_lines_show_forks_and_branches(store, engine):
     ex = explorer_for(store, engine, {"cat": " the cat"})
     ex.append()
     ex.run_jobs_inline()
-    ex.duplicate_branch()
+    ex.features.branches.duplicate_branch()
     ex.pop()
     ex.cursor(1)
     ex.append()
@@ -369,7 +369,7 @@ def test_cached_key_press_reads_the_store_a_bounded_number_of_times(store, engin
     session has and however long the path is: no per-branch or per-token queries."""
     ex = explorer_for(store, engine, {"cat": " the cat sat on the mat"})
     for _ in range(12):
-        ex.duplicate_branch()
+        ex.features.branches.duplicate_branch()
         ex.append()
         ex.run_jobs_inline()
     ex.snapshot()
@@ -448,9 +448,9 @@ def test_changes_by_another_explorer_show_in_the_cached_tree(store, engine):
 def test_tree_lines_after_changes_equal_a_fresh_explorers(store, engine):
     """The tree pane's caches (chains, texts, the session's node list) never go stale."""
     ex = explorer_for(store, engine, {"cat": " the cat"})
-    steps = [ex.append, ex.append, ex.duplicate_branch, ex.pop, lambda: ex.cursor(1), ex.append,
-             ex.append, lambda: ex.switch_branch(1), ex.pop, ex.pop, lambda: ex.cursor(2), ex.append,
-             ex.undo, ex.walk_forward, ex.duplicate_branch, ex.append, ex.remove_branch]
+    steps = [ex.append, ex.append, ex.features.branches.duplicate_branch, ex.pop, lambda: ex.cursor(1), ex.append,
+             ex.append, lambda: ex.features.branches.switch_branch(1), ex.pop, ex.pop, lambda: ex.cursor(2), ex.append,
+             ex.undo, ex.walk_forward, ex.features.branches.duplicate_branch, ex.append, ex.features.branches.remove_branch]
     for step in steps:
         step()
         ex.run_jobs_inline()

@@ -80,19 +80,19 @@ def run(ex: Explorer, command: str) -> None:
     elif command == "walk_forward":
         ex.walk_forward()
     elif command == "next_branch":
-        ex.switch_branch(1)
+        ex.features.branches.switch_branch(1)
     elif command == "prev_branch":
-        ex.switch_branch(-1)
+        ex.features.branches.switch_branch(-1)
     elif command == "duplicate":
-        ex.duplicate_branch()
+        ex.features.branches.duplicate_branch()
     elif command == "remove":
-        ex.remove_branch()
+        ex.features.branches.remove_branch()
     elif command == "reset":
-        ex.reset_branch()
+        ex.features.branches.reset_branch()
     elif command == "undo":
         ex.undo()
     elif command == "save":
-        ex.save_branch()
+        ex.features.branches.save_branch()
     elif command == "view":
         ex.cycle_prompt_view()
     elif command == "jobs":
@@ -124,16 +124,16 @@ def test_random_commands_keep_every_invariant(tokentree_home, commands, eager):
                 ex.run_jobs_inline()  # model results arrive at once, or only on "jobs"
             before = observe(store, sid)
             n_events = store.version(sid)
-            queued = ex._queued_appends
+            queued = ex.queued_appends
             if command == "pop_append":
-                node = ex._focused_branch().node_id
+                node = ex.focused_branch().node_id
                 ex.pop()
                 if store.version(sid) == n_events:
                     continue  # nothing to pop
                 middle = observe(store, sid)
                 ex.run_jobs_inline()
                 ex.append()
-                assert ex._focused_branch().node_id == node, "pop then append must put the token back"
+                assert ex.focused_branch().node_id == node, "pop then append must put the token back"
                 groups = [e.payload.get("group") for e in store.events(sid)[n_events:]]
                 assert len(groups) == 2 and groups[0] != groups[1]  # a pop run, then an append run
                 undo_stack += [(before, groups[0]), (middle, groups[1])]

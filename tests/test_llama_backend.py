@@ -210,6 +210,19 @@ def test_sample_draws_as_the_engine_does_and_is_deterministic(llama, hf, tiny_gg
         assert fresh.forward_passes == 1 + max(len(r) for r in ours)  # the prefix, then one per step
     finally:
         fresh.close()
+    # Under a regex constraint (`allowed`): the same tokens as the engine draws, all allowed.
+    odd = bytearray((llama.vocab_size + 7) // 8)
+    for i in range(1, llama.vocab_size, 2):
+        odd[i >> 3] |= 1 << (i & 7)
+
+    def allowed(drawn):
+        return b"" if len(drawn) >= 4 else bytes(odd)
+
+    ours = llama.sample(ids, count=3, steps=8, settings=settings, seed=11, allowed=allowed)
+    engine = hf.sample(ids, count=3, steps=8, settings=settings, seed=11, allowed=allowed)
+    assert [[t for t, _ in row] for row in ours] == [[t for t, _ in row] for row in engine]
+    assert all(len(row) == 4 and all(t % 2 for t, _ in row) for row in ours)
+    check([o for row in ours for _, o in row], [o for row in engine for _, o in row])
     many = llama.sample(ids, count=20, steps=3, settings=settings, seed=5)  # more rows than one batch
     assert len(many) == 20 and all(len(r) == 3 for r in many)
     with pytest.raises(ValueError, match="temperature"):
@@ -290,9 +303,9 @@ def test_a_session_explores_resumes_from_the_cache_and_exports(tiny_gguf, hf):
         passes = backend.forward_passes
         ex.append()
         assert ex.run_jobs_inline() == 0 and backend.forward_passes == passes
-        ex.fill()
+        ex.features.fill.start()
         ex.run_jobs_inline()
-        ex.sample()
+        ex.features.sample.start()
         ex.run_jobs_inline()
         for _ in range(3):
             ex.cycle_prompt_view()
@@ -316,8 +329,8 @@ def test_a_session_explores_resumes_from_the_cache_and_exports(tiny_gguf, hf):
         again.attach_engine(fresh)
         assert again.run_jobs_inline() == 0
         assert again.snapshot().candidates == before
-        again.switch_branch(-1)
-        again.switch_branch(1)
+        again.features.branches.switch_branch(-1)
+        again.features.branches.switch_branch(1)
         assert again.run_jobs_inline() == 0 and fresh.forward_passes == fresh.tokens_fed == 0
     finally:
         fresh.close()

@@ -9,13 +9,14 @@ import time
 
 import pytest
 
-from fake_engine import FakeEngine, new_session
+from fake_engine import FakeEngine, FakeLoaded, new_session
 from tokentree.config import Config, DisplayConfig, ExploreConfig
 from tokentree.core.explorer import Explorer
 from tokentree.core.worker import Worker
 from tokentree.outputs import Capabilities
 from tokentree.paths import default_db_path
 from tokentree.store import Store
+from tokentree.store.keys import prefix_key
 
 
 @pytest.fixture
@@ -58,7 +59,7 @@ def test_the_selected_candidate_first_then_by_rank(store):
     assert not snap.waiting and ex.take_job() is None  # shown at once, nothing to compute
     assert engine.forward_passes == before
     assert snap.prompt[-1].token_id == rows[2].token_id
-    assert ex.prefetched == 3
+    assert ex.features.prefetch.count == 3
 
 
 def test_prefetched_outputs_are_cache_rows_never_events(store):
@@ -154,7 +155,7 @@ def test_a_failed_prefetch_never_blocks_the_keys_own_job(store):
     except Exception as exc:  # noqa: BLE001 -- as the worker delivers it
         task.fail(exc)
     assert ex.take_prefetch() is not None  # the next candidate, not the failed one again
-    ex._prefetching.clear()
+    ex.main.prefetching.clear()
     ex.append()  # the very node the prefetch failed on
     job = ex.take_job()
     assert job is not None  # still asked for by the key
@@ -164,6 +165,53 @@ def test_a_failed_prefetch_never_blocks_the_keys_own_job(store):
         job.fail(exc)
     assert "retrying in" in ex.error  # and the failure is said, with the retry
     engine.down = False
-    ex._retry_at = 0.0  # the back-off has passed
+    ex.main.retry_at = 0.0  # the back-off has passed
     ex.run_jobs_inline()
     assert not ex.snapshot().waiting and ex.message == "the server answers again"
+
+
+class _DownCompare(_DownEngine):
+    """A compare model (same vocabulary, its own numbers) that can go away like a server."""
+
+    def __init__(self) -> None:
+        super().__init__(FakeLoaded(name="fake-other", fingerprint="fake-other|float32"))
+
+    def _probs(self, prefix) -> list[float]:
+        return super()._probs(("other", *prefix))
+
+
+def test_the_compare_model_is_prefetched_too(store):
+    engine, other = FakeEngine(), _DownCompare()
+    ex = _explorer(store, engine)
+    ex.features.compare.set_model("fake-other", other.info.fingerprint, engine=other)
+    ex.run_jobs_inline()  # the compare model's own path
+    assert _run_prefetches(ex) == 6  # three children for each model
+    tip = ex.focused_node()
+    children = [prefix_key(tip.prefix_key, r.token_id, ex.vocab_key) for r in ex.snapshot().candidates[:3]]
+    for fingerprint in (engine.info.fingerprint, other.info.fingerprint):
+        assert set(store.get_outputs(children, fingerprint)) == set(children)
+    before = (engine.forward_passes, other.forward_passes)
+    ex.append()
+    ex.run_jobs_inline()
+    snap = ex.snapshot()
+    assert not snap.waiting and not snap.compare.waiting and snap.compare.divergence is not None
+    assert (engine.forward_passes, other.forward_passes) == before  # both from the prefetch
+
+
+def test_the_compare_model_backs_off_like_the_main_model(store):
+    engine, other = FakeEngine(), _DownCompare()
+    ex = _explorer(store, engine, prefetch=0)
+    ex.features.compare.set_model("fake-other", other.info.fingerprint, engine=other)
+    ex.run_jobs_inline()  # the compare model's numbers for the path so far
+    other.down = True
+    ex.append()  # its next node is one step: the step fails as a server gone away
+    ex.run_jobs_inline()
+    assert ex.error.startswith("compare model fake-other: ") and "retrying in 1 s" in ex.error
+    assert ex.take_job() is None and not ex.retry_due()  # waiting out the back-off, nothing lost
+    assert not ex.snapshot().waiting  # the main model's numbers are there
+    other.down = False
+    ex.models[1].retry_at = 0.0  # the back-off has passed
+    assert ex.retry_due()
+    ex.run_jobs_inline()
+    snap = ex.snapshot()
+    assert not snap.compare.waiting and ex.message == "compare model fake-other: the server answers again"

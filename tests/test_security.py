@@ -137,7 +137,7 @@ def test_save_stays_in_the_prompts_folder_and_never_overwrites(tmp_path, tokentr
         outside = tmp_path / "outside.txt"
         outside.write_text("outside")
         (folder / f"{stem}-2.txt").symlink_to(outside)
-        paths = [ex.save_branch() for _ in range(3)]
+        paths = [ex.features.branches.save_branch() for _ in range(3)]
         # Taken names are skipped (the link is never followed); saving the same text again
         # finds the file it wrote instead of writing another.
         assert [p.name for p in paths] == [f"{stem}-3.txt"] * 3
@@ -203,7 +203,7 @@ def test_saved_prompts_are_user_only(tokentree_home):
     with umask(0):
         store = Store.open(default_db_path())
         try:
-            path = _explorer_with_text(store, {}).save_branch()
+            path = _explorer_with_text(store, {}).features.branches.save_branch()
         finally:
             store.close()
     assert mode(path.parent) == 0o700 and mode(path) == 0o600
@@ -239,7 +239,7 @@ def test_tokens_from_the_environment_are_never_stored(tmp_path, tokentree_home, 
     def fake_tui(explorer, config, **_):
         explorer.run_jobs_inline()
         for command in ("append", "append", "pop", "duplicate_branch", "append", "save_branch"):
-            getattr(explorer, command)()
+            explorer.handler(command)()
             explorer.run_jobs_inline()
         return 0
 

@@ -18,7 +18,8 @@ from tokentree.core.worker import Worker
 from tokentree.errors import ConfigError
 from tokentree.tui.keymap import Keymap, build_keymap
 from tokentree.tui.palette import build_palette
-from tokentree.tui.widgets import CandidateTable, StatusBar
+from tokentree.tui.candidate_table import CandidateTable
+from tokentree.tui.status_bar import StatusBar
 
 # Every letter, digit and punctuation key the explorer binds, and some it does not.
 COMMAND_LETTERS = "fgnwsdau.,[]vepthljkx/?"
@@ -39,17 +40,17 @@ def events(app):
 # ---------------------------------------------------------------- registry and keymap
 
 NEW = {
-    "fill": (("f",), "explorer", "fill", (), EXPLORER),
-    "sample": (("g",), "explorer", "sample", (), EXPLORER),
-    "next_fork": (("]",), "explorer", "fork_point", (1,), EXPLORER),
-    "prev_fork": (("[",), "explorer", "fork_point", (-1,), EXPLORER),
-    "next_candidate": ((".",), "explorer", "counterfactual", (1,), EXPLORER),
-    "prev_candidate": ((",",), "explorer", "counterfactual", (-1,), EXPLORER),
+    "fill": (("f",), "fill", "start", (), EXPLORER),
+    "sample": (("g",), "sample", "start", (), EXPLORER),
+    "next_fork": (("]",), "forks", "fork_point", (1,), EXPLORER),
+    "prev_fork": (("[",), "forks", "fork_point", (-1,), EXPLORER),
+    "next_candidate": ((".",), "forks", "counterfactual", (1,), EXPLORER),
+    "prev_candidate": ((",",), "forks", "counterfactual", (-1,), EXPLORER),
     "rename_branch": (("n",), "app", "open_rename", (), EXPLORER),
     "search": (("/",), "app", "open_search", (), EXPLORER),
-    "search_next": (("ctrl n",), "explorer", "search_step", (1,), EXPLORER),
-    "search_prev": (("ctrl p",), "explorer", "search_step", (-1,), EXPLORER),
-    "toggle_sampler": (("v",), "explorer", "toggle_sampler", (), EXPLORER),
+    "search_next": (("ctrl n",), "search", "step", (1,), EXPLORER),
+    "search_prev": (("ctrl p",), "search", "step", (-1,), EXPLORER),
+    "toggle_sampler": (("v",), "sampler", "toggle", (), EXPLORER),
     "cancel": (("esc",), "explorer", "cancel", (), EXPLORER),
     "text_commit": (("enter",), "app", "commit_text", (), TEXT),
     "text_cancel": (("esc",), "app", "cancel_text", (), TEXT),

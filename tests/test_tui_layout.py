@@ -21,7 +21,11 @@ from tokentree.config import Config, DisplayConfig, parse_config
 from tokentree.core.snapshot import BranchRow, CandidateRow, Snapshot, Status, TreeLine
 from tokentree.core.worker import Worker
 from tokentree.tui.cells import fit, safe, width_of
-from tokentree.tui.widgets import LEGEND, BranchList, CandidateTable, StatusBar, TreePane
+from tokentree.tui.branch_list import BranchList
+from tokentree.tui.candidate_table import CandidateTable
+from tokentree.tui.help import LEGEND
+from tokentree.tui.status_bar import StatusBar
+from tokentree.tui.tree_pane import TreePane
 
 SIZES = [(80, 24), (120, 36), (200, 50)]
 CONFIG30 = Config(display=DisplayConfig(tokens_to_show=30))

@@ -11,7 +11,7 @@ import threading
 import pytest
 import urwid
 
-from fake_engine import FakeEngine, new_session
+from fake_engine import FakeEngine, FakeLoaded, new_session
 from tokentree.config import Config, DisplayConfig, parse_config
 from tokentree.errors import ConfigError
 from tokentree.core.explorer import Explorer
@@ -256,11 +256,11 @@ def test_global_commands_work_over_the_help(store):
 
 
 def test_every_registry_command_resolves_to_a_handler(store):
-    """Each declaration names a real method of the Explorer or the ExplorerApp, callable
+    """Each declaration names a real method of the Explorer, one of its features or the ExplorerApp, callable
     with its fixed arguments (a typo'd method name or a wrong argument count fails here)."""
     app = make_app(store)
     assert isinstance(app.explorer, Explorer) and tuple(app.keymap.commands.values()) == COMMANDS
-    targets = {"explorer": app.explorer, "app": app}
+    targets = {**app.explorer.targets(), "app": app}
     for command in COMMANDS:
         method = getattr(targets[command.target], command.method, None)
         assert callable(method), f"{command.name}: no {command.target}.{command.method}"
@@ -459,3 +459,31 @@ def test_prefetch_through_the_app_makes_the_next_append_a_cache_hit(store):
         assert "from cache" in lines(app)[-1]
     finally:
         app.worker.shutdown()
+
+
+def test_a_fill_never_says_no_distribution_for_a_token_its_parent_scored(store):
+    """Mid-fill, the new tip's own pass is still running; its probability is known from its
+    parent's cached top-K, and the prompt pane shows it (never "no distribution before it")."""
+    app = make_app(store)
+    app.press("f")  # the fill appends the top candidate; its node's output is not delivered yet
+    assert app.explorer.busy and app.explorer.busy.startswith("filling")
+    info = next(line for line in lines(app) if "last token p" in line)
+    assert "no distribution" not in info and "%" in info and "rank 1" in info, info
+    app.settle()
+    assert "filled" in app.explorer.message
+
+
+def test_the_status_bar_says_request_on_a_server(store):
+    from tokentree.outputs import Capabilities
+
+    local = make_app(store)
+    local.press("right")
+    local.settle()
+    assert any("forward pass" in line for line in lines(local))
+    remote = FakeEngine(FakeLoaded(fingerprint="fake-model|server"))  # its own cache: computed afresh
+    remote.capabilities = Capabilities(remote=True, influence=False, layer_lens=False)
+    app = make_app(store, engine=remote)
+    app.press("right")
+    app.settle()
+    screen = "\n".join(lines(app))
+    assert "request " in screen and " ms" in screen and "forward pass" not in screen

@@ -2,7 +2,8 @@
 
 A declaration names the command (what `[keys]` in config.toml and the help call it), its
 default keys (urwid's key names), its help text, the context it works in, and its handler as
-a target object ("explorer": the Explorer; "app": the urwid ExplorerApp), a method name and
+a target object ("explorer": the Explorer core; "app": the urwid ExplorerApp; a feature's
+name: that feature), a method name and
 fixed arguments. The keymap (tui/keymap.py), the `[keys]` validation, the help overlay and
 dispatch (ExplorerApp.run_command) all read this table (mitmproxy's console is the model).
 
@@ -23,8 +24,9 @@ TEXT = "text"  # a text field: printable keys type; text commands and global ctr
 PICKER = "picker"  # a picker or a view over the screen (compare): its commands and global ones run
 CONTEXTS = (GLOBAL, EXPLORER, TEXT, PICKER)
 
-# Targets: the object whose method handles the command.
-TARGETS = ("explorer", "app")
+# Targets: the object whose method handles the command: the explorer core, the urwid app,
+# or a feature by its name (tokentree/features/, each a `Feature.name`).
+TARGETS = ("explorer", "app", "branches", "fill", "sample", "forks", "search", "sampler", "constraint", "compare")
 
 
 @dataclass(frozen=True)
@@ -71,13 +73,13 @@ COMMANDS: tuple[Command, ...] = (
     Command("walk_forward", ("shift right", "L"), "walk forward along the explored path to its leaf",
             target="explorer", method="walk_forward"),
     Command("prev_branch", ("w",), "previous branch",
-            target="explorer", method="switch_branch", args=(-1,)),
+            target="branches", method="switch_branch", args=(-1,)),
     Command("next_branch", ("s",), "next branch",
-            target="explorer", method="switch_branch", args=(1,)),
+            target="branches", method="switch_branch", args=(1,)),
     Command("duplicate_branch", ("d",), "duplicate the current branch and focus it",
-            target="explorer", method="duplicate_branch"),
+            target="branches", method="duplicate_branch"),
     Command("remove_branch", ("a",), "remove the current branch from the list (nodes stay)",
-            target="explorer", method="remove_branch"),
+            target="branches", method="remove_branch"),
     Command("undo", ("u",), "undo the last change (a run of the same key, e.g. held right or left, "
             "is one change)",
             target="explorer", method="undo"),
@@ -88,37 +90,37 @@ COMMANDS: tuple[Command, ...] = (
     Command("toggle_tree", ("t",), "show or hide the tree overview",
             target="app", method="toggle_tree"),
     Command("save_branch", ("x",), "save the branch text under the saved-prompts dir",
-            target="explorer", method="save_branch"),
+            target="branches", method="save_branch"),
     Command("reset_branch", ("ctrl r",), "reset the branch to its root prompt",
-            target="explorer", method="reset_branch"),
+            target="branches", method="reset_branch"),
     Command("fill", ("f",), "fill: append the top candidate repeatedly (one undoable step)",
-            target="explorer", method="fill"),
+            target="fill", method="start"),
     Command("sample", ("g",), "sample continuations with the [sampling] settings, each a new branch",
-            target="explorer", method="sample"),
+            target="sample", method="start"),
     Command("next_fork", ("]",), "next fork point on the branch (high entropy or a tree fork)",
-            target="explorer", method="fork_point", args=(1,)),
+            target="forks", method="fork_point", args=(1,)),
     Command("prev_fork", ("[",), "previous fork point on the branch",
-            target="explorer", method="fork_point", args=(-1,)),
+            target="forks", method="fork_point", args=(-1,)),
     Command("next_candidate", (".",), "replace the last token with the next candidate",
-            target="explorer", method="counterfactual", args=(1,)),
+            target="forks", method="counterfactual", args=(1,)),
     Command("prev_candidate", (",",), "replace the last token with the previous candidate",
-            target="explorer", method="counterfactual", args=(-1,)),
+            target="forks", method="counterfactual", args=(-1,)),
     Command("rename_branch", ("n",), "rename the current branch (type the name, enter)",
             target="app", method="open_rename"),
     Command("search", ("/",), "search branches and explored nodes (type, enter)",
             target="app", method="open_search"),
     Command("search_next", ("ctrl n",), "next search match",
-            target="explorer", method="search_step", args=(1,)),
+            target="search", method="step", args=(1,)),
     Command("search_prev", ("ctrl p",), "previous search match",
-            target="explorer", method="search_step", args=(-1,)),
+            target="search", method="step", args=(-1,)),
     Command("toggle_sampler", ("v",), "sampler column: candidates that survive the sampling settings",
-            target="explorer", method="toggle_sampler"),
+            target="sampler", method="toggle"),
     Command("cancel", ("esc",), "cancel a running fill",
             target="explorer", method="cancel"),
     Command("toggle_constraint", ("r",), "regex constraint on from here, or off: only tokens that keep a match",
-            target="explorer", method="toggle_constraint"),
+            target="constraint", method="toggle"),
     Command("cycle_constraint", ("R",), "next regex constraint (prompts/structs, [structs]), in place of one on",
-            target="explorer", method="cycle_constraint"),
+            target="constraint", method="cycle"),
     Command("compare", ("c",), "compare the branch with another, token by token (pick it, enter)",
             target="app", method="open_compare"),
     Command("pick_up", ("up", "k", "w"), "picker: previous item; a view: scroll up",

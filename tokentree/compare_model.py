@@ -40,7 +40,7 @@ class PreparedCompare:
     load: Callable[[], Any] | None = None
 
     def attach(self, explorer) -> None:
-        explorer.set_compare(self.name, self.fingerprint, engine=self.engine, load=self.load)
+        explorer.features.compare.set_model(self.name, self.fingerprint, engine=self.engine, load=self.load)
 
 
 def _is_url(name: str) -> bool:

@@ -208,8 +208,8 @@ def _parse_section(section: str, cls: type, values: Mapping[str, Any], where: st
 def _parse_structs(value: Any, where: str) -> dict[str, str]:
     """[structs]: name = "regular expression". Names and Python-`re` syntax are checked here;
     whether llguidance compiles a pattern is said when the constraints are listed (r / R)."""
-    from tokentree.constraints import ConstraintError
-    from tokentree.constraints.catalog import check_name, check_pattern
+    from tokentree.features.constraint import ConstraintError
+    from tokentree.features.constraint.catalog import check_name, check_pattern
 
     if not isinstance(value, dict):
         raise ConfigError(f"{where}[structs] must be a table of name = 'regular expression'")

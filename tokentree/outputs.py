@@ -66,6 +66,7 @@ class Capabilities:
     # How many model requests may run at once (a server answers several; a local model one):
     # the size of the speculative prefetch pool.
     parallel: int = 1
+    remote: bool = False  # a server: a node's numbers come from a request, not a forward pass here
 
 
 @dataclass(frozen=True)

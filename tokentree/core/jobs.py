@@ -38,8 +38,9 @@ def execute(job: Job, engine):
     if isinstance(job, OutputsJob):
         return _outputs(job, engine)
     if isinstance(job, SampleJob):
+        extra = {"allowed": job.allowed} if job.allowed is not None else {}
         drawn = engine.sample(list(job.tokens), count=job.count, steps=job.steps, settings=job.settings,
-                              seed=job.seed, stop_ids=job.stop_ids)
+                              seed=job.seed, stop_ids=job.stop_ids, **extra)
         ids = {t for c in drawn for t, out in c} | {t for c in drawn for _, out in c for t in out.next.top_ids}
         return SampleResult(drawn, engine.token_bytes(sorted(ids - job.known_bytes)))
     if isinstance(job, AnalysisJob):

@@ -94,6 +94,8 @@ class SampleJob:
     seed: int
     stop_ids: frozenset[int]
     known_bytes: frozenset[int]
+    # Under a regex constraint: drawn tokens -> the allowed next-token bitmask (worker side).
+    allowed: Any = None
 
     @property
     def failure_key(self) -> tuple:

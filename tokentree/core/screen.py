@@ -31,6 +31,7 @@ class EngineInfo:
     name: str
     device: str
     dtype: str
+    remote: bool = False  # a server: the status bar says "request N ms", not "forward pass"
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ class Screen:
         self._values = _PromptValues()
         self._visible: dict[int, str] = {}  # token id -> its table text
         # A regex constraint: mask(node, out) -> what may follow the node, or None (none on).
-        # The Explorer sets it (core/constraining.py); see candidate_rows.
+        # The Explorer sets it (features/constraint/feature.py); see candidate_rows.
         self.mask = None
 
     def model_changed(self) -> None:
@@ -136,8 +137,7 @@ class Screen:
                 branches=tuple(self._branch_row(b, path if b is focused else None) for b in branches),
                 status=self._status(state, current, out),
                 message=state.message,
-                last_prob=out.token_prob if out else None,
-                last_rank=out.token_rank if out else None,
+                **self._last_token(path, out),
                 entropy=out.next.entropy if out else None,
                 norm_entropy=out.next.norm_entropy if out else None,
                 entropy_exact=out.next.exact if out else True,
@@ -150,6 +150,20 @@ class Screen:
                 search=state.search,
                 constraint=self._constraint_line(current, out),
             )
+
+    def _last_token(self, path, out) -> dict:
+        """The last token's probability and rank: from its node's output, else from its
+        parent's cached top-K (a fill's new tip before its own pass), else pending."""
+        if out is not None:
+            return {"last_prob": out.token_prob, "last_rank": out.token_rank}
+        if len(path) < 2:
+            return {}
+        parent = self.view.outputs_for([path[-2].prefix_key]).get(path[-2].prefix_key)
+        token = path[-1].token_id
+        if parent is not None and token in parent.next.top_ids:
+            k = parent.next.top_ids.index(token)
+            return {"last_prob": parent.next.top_probs[k], "last_rank": k + 1}
+        return {"last_pending": True}
 
     def tree_lines(self):
         with self.view.reading():
@@ -362,7 +376,8 @@ class Screen:
             # so, even when another model (--model) is loading (the busy field names it).
             model, device, dtype = f"{self.session_model} (cached)", "\u2014", "\u2014"
         ms = state.fresh_ms.get(node.prefix_key)
-        origin = "waiting" if out is None else ("forward" if ms is not None else "cache")
+        computed = "request" if state.engine is not None and state.engine.remote else "forward"
+        origin = "waiting" if out is None else (computed if ms is not None else "cache")
         return Status(model=model, device=device, dtype=dtype, session_id=self.session_id,
                       origin=origin, ms=ms, busy=state.busy, engine_ready=state.engine is not None,
                       error=state.error, cancellable=state.cancellable)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tokentree.core.compare import Divergence
+from tokentree.features.compare.divergence import Divergence
 from tokentree.tree.outline import TreeLine
 
 # "disagreement" (|Δ log p| between two models) is offered only with a compare model: keep it last.
-PROMPT_VIEWS = ("plain", "probability", "entropy", "influence", "disagreement")
+DISAGREEMENT = "disagreement"  # the prompt view that needs a compare model (the last one)
+PROMPT_VIEWS = ("plain", "probability", "entropy", "influence", DISAGREEMENT)
 LAYER_VIEWS = ("off", "layer", "layer_norm")
 
 
@@ -64,7 +65,7 @@ class Status:
     device: str
     dtype: str
     session_id: int
-    origin: str  # "cache", "forward", "waiting"
+    origin: str  # "cache", "forward" (a local pass), "request" (a server's), "waiting"
     ms: float | None  # forward-pass time of the shown node
     busy: str | None  # what the model worker is doing, None when idle
     engine_ready: bool
@@ -74,7 +75,7 @@ class Status:
 
 @dataclass(frozen=True)
 class CompareInfo:
-    """The compare model at the focused node (core/compare.py says what is exact)."""
+    """The compare model at the focused node (features/compare/divergence.py says what is exact)."""
 
     model: str
     loading: bool  # its engine is not attached yet (numbers may still come from the cache)
@@ -86,10 +87,10 @@ class CompareInfo:
 @dataclass(frozen=True)
 class ConstraintLine:
     """The focused branch's regex constraint (r / R) at the focused node, as the status bar
-    and the table say it (core/constraining.py computes it)."""
+    and the table say it (features/constraint/feature.py computes it)."""
 
     name: str
-    # "live", "complete", "dead" (tokentree.constraints); "off": picked with R, not switched on;
+    # "live", "complete", "dead" (tokentree.features.constraint); "off": picked with R, not switched on;
     # "before": the branch is above where it was switched on; "compiling"; "failed" (see note).
     status: str
     filters: bool = False  # the table lists only the tokens it allows
@@ -115,6 +116,7 @@ class Snapshot:
     # first token), and the entropy of the distribution after it.
     last_prob: float | None = None
     last_rank: int | None = None
+    last_pending: bool = False  # its probability is not known YET (its node is being computed)
     entropy: float | None = None  # nats
     norm_entropy: float | None = None
     entropy_exact: bool = True  # False: a lower bound from a server's top-k (shown "≥")

@@ -26,6 +26,7 @@ class Task:
     run: Callable[[], Any]
     finish: Callable[[Any], None]
     fail: Callable[[BaseException], None]
+    beside: bool = False  # may run beside the keys' own work (a server's prefetch: its own pool)
 
 
 class Worker:

@@ -1,6 +1,6 @@
 """`tokentree export [SESSION] --diff A B`: two branches token by token, as text.
 
-The same table the diff view (c) shows (tokentree.core.compare.diff_table): from the fork
+The same table the diff view (c) shows (tokentree.features.compare.diff.diff_table): from the fork
 point on, each branch's tokens side by side with their log-probabilities (under the
 session's model, from the cache), the difference, the totals and the perplexities. A value
 the cache does not have is "n/a" (a first token has no distribution before it; a token the
@@ -12,7 +12,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Sequence
 
-from tokentree.core.compare import BranchDiff, branch_diff, diff_table
+from tokentree.features.compare.diff import BranchDiff, branch_diff, diff_table
 from tokentree.errors import InputError
 from tokentree.tree.text import join_pieces, one_line, placeholder, visible
 

@@ -222,8 +222,8 @@ def constraint_state(branch: ExportBranch, by_id: Mapping[int, ExportNode]) -> s
     data = constraint_text(branch, by_id)
     if data is None:
         return None
-    from tokentree.constraints import ConstraintError
-    from tokentree.constraints.index import text_status
+    from tokentree.features.constraint import ConstraintError
+    from tokentree.features.constraint.index import text_status
 
     try:
         return text_status(branch.constraint["pattern"], data)

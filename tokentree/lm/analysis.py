@@ -239,3 +239,22 @@ def target_probs_ranks(logits: torch.Tensor, targets: torch.Tensor) -> tuple[lis
     t_log = log_probs.gather(-1, targets.view(-1, 1))
     ranks = (log_probs > t_log).sum(dim=-1) + 1
     return t_log.view(-1).exp().tolist(), ranks.tolist()
+
+
+def allowed_rows(masks: Sequence[bytes], vocab: int, device) -> torch.Tensor:
+    """[rows, vocab] bool from one bitmask per row (bit i of the little-endian bytes: id i
+    may come next), as a regex constraint gives them; ids past a short mask are not allowed."""
+    rows = torch.zeros((len(masks), vocab), dtype=torch.bool)
+    for j, mask in enumerate(masks):
+        if not mask:
+            continue
+        raw = torch.frombuffer(bytearray(mask), dtype=torch.uint8)
+        bits = (raw[:, None] >> torch.arange(8, dtype=torch.uint8)) & 1  # little-endian bit order
+        flat = bits.reshape(-1)[:vocab].bool()
+        rows[j, : flat.numel()] = flat
+    return rows.to(device)
+
+
+def restrict(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """The logits with every id `allowed` rules out at -inf (a sampler then never draws it)."""
+    return logits.masked_fill(~allowed, -math.inf)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -250,6 +250,7 @@ class Engine:
         settings,
         seed: int,
         stop_ids: Iterable[int] = frozenset(),
+        allowed: Callable[[Sequence[int]], bytes] | None = None,
     ) -> list[list[tuple[int, NodeOutput]]]:
         """`count` continuations of up to `steps` tokens drawn after `prefix`, batched: ONE
         forward call per step feeds the newest token of every live continuation.
@@ -260,7 +261,9 @@ class Engine:
         Each token is drawn (`analysis.draw`) from `analysis.sampling_probs` with `settings` (a
         SamplingConfig: temperature, top_k, top_p, min_p; its `seed` is not read) by a torch
         generator seeded with `seed`: the same seed, prefix and settings draw the same tokens. A continuation ends after a token of `stop_ids` (that token
-        included) or after `steps` tokens; a finished row leaves the batch.
+        included) or after `steps` tokens; a finished row leaves the batch. `allowed` (a regex
+        constraint): the tokens drawn so far -> the bitmask of the ids that may come next;
+        only those are drawn, and a row where none may ends there.
 
         For every drawn token: (token, the NodeOutput of prefix + the tokens drawn so far):
         its probability and rank under the model's own next-token distribution at its parent
@@ -285,8 +288,22 @@ class Engine:
             generator.manual_seed(int(seed))
             kwargs = {"logits_to_keep": 1} if self._keeps_logits else {}
             for step in range(steps):
+                scores = logits
+                if allowed is not None:
+                    ok = analysis.allowed_rows([allowed([t for t, _ in results[r]]) for r in rows], vocab,
+                                               logits.device)
+                    live = ok.any(-1).tolist()
+                    if not all(live):  # nothing may follow: that continuation ends here
+                        keep = [j for j, alive in enumerate(live) if alive]
+                        if not keep:
+                            break
+                        index = torch.tensor(keep)
+                        batch.batch_select_indices(index)
+                        logits, ok = logits[index], ok[index]
+                        rows = [rows[j] for j in keep]
+                    scores = analysis.restrict(logits, ok)
                 probs = analysis.sampling_probs(
-                    logits, temperature=settings.temperature, top_k=settings.top_k,
+                    scores, temperature=settings.temperature, top_k=settings.top_k,
                     top_p=settings.top_p, min_p=settings.min_p,
                 )
                 tokens = analysis.draw(probs, generator)  # [rows, 1]

@@ -8,7 +8,7 @@ that hold a branch tip and marks the focused node.
 A line's text is the whole segment when it is short. A long one keeps its start (for a
 child segment, the token chosen at the fork above) and a longer end: the end is the text
 that leads into the fork or branch tip on the next line, which is what the overview is for.
-The pane cuts it further to its width, the same way (tokentree/tui/widgets.py, TreePane).
+The pane cuts it further to its width, the same way (tokentree/tui/tree_pane.py).
 """
 
 from __future__ import annotations

@@ -21,8 +21,14 @@ from tokentree.logs import setup_logging
 from tokentree.tui.compare import BranchPicker, DiffView
 from tokentree.tui.keymap import EXPLORER, GLOBAL, TEXT, Keymap, build_keymap, display_key
 from tokentree.tui.palette import build_palette, pick_colors
-from tokentree.tui.widgets import (BranchList, CandidateTable, FitColumns, FitPile, HelpOverlay, HelpView,
-                                   LineField, PromptPane, StatusBar, TreePane, prompt_height)
+from tokentree.tui.branch_list import BranchList
+from tokentree.tui.candidate_table import CandidateTable
+from tokentree.tui.help import HelpOverlay, HelpView
+from tokentree.tui.layout import FitColumns, FitPile, prompt_height
+from tokentree.tui.prompt_pane import PromptPane
+from tokentree.tui.status_bar import StatusBar
+from tokentree.tui.text_field import LineField
+from tokentree.tui.tree_pane import TreePane
 from tokentree.core.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -116,8 +122,8 @@ class ExplorerApp:
         return True
 
     def handler(self, command: str) -> Callable[[], object]:
-        """The registry's handler for a command, bound to this app or its explorer."""
-        return self.keymap.commands[command].handler({"explorer": self.explorer, "app": self})
+        """The registry's handler for a command, bound to this app, its explorer or a feature."""
+        return self.keymap.commands[command].handler({**self.explorer.targets(), "app": self})
 
     def run_command(self, command: str, key: str | None = None) -> None:
         self.explorer.message = None
@@ -157,12 +163,12 @@ class ExplorerApp:
 
     def open_compare(self) -> None:
         """Pick the branch to compare the focused one with, in the branch pane."""
-        choices = self.explorer.diff_choices()
+        choices = self.explorer.features.compare.diff_choices()
         if not choices:
             self.explorer.message = (f"only one branch: nothing to compare it with "
                                      f"({self.keymap.hint('duplicate_branch')} duplicates it)")
             return
-        self.picker = BranchPicker(self.explorer.focused_branch_name, choices)
+        self.picker = BranchPicker(self.explorer.features.branches.focused_branch_name, choices)
         self.status.field_hint = (f"{self._first_key('pick_up')} {self._first_key('pick_down')}: pick  "
                                   f"{self._first_key('pick_commit')}: compare  "
                                   f"{self._first_key('pick_cancel')}: cancel")
@@ -219,7 +225,7 @@ class ExplorerApp:
 
     def open_rename(self) -> None:
         """Rename: a field in place of the focused branch's row, holding its name."""
-        self._open_field("rename", LineField("name", self.explorer.focused_branch_name))
+        self._open_field("rename", LineField("name", self.explorer.features.branches.focused_branch_name))
         self.branches.editor = self.field
         self.body.focus_position = 1  # focus path to the field: the terminal cursor sits in it
         self.columns.focus_position = 1
@@ -250,9 +256,9 @@ class ExplorerApp:
         """Enter in a field: close it, then rename or search (an error shows in the status line)."""
         kind, text = self._close_field()
         if kind == "rename":
-            self.explorer.rename_branch(text)
+            self.explorer.features.branches.rename_branch(text)
         elif kind == "search":
-            self.explorer.search(text)
+            self.explorer.features.search.search(text)
 
     def cancel_text(self) -> None:
         """Esc in a field: close it; nothing is recorded."""
@@ -311,11 +317,10 @@ class ExplorerApp:
             return
         while (job := self.explorer.take_job()) is not None:
             self.worker.submit(job)
-        engine = self.explorer.engine
         while (job := self.explorer.take_prefetch()) is not None:
             # A server's prefetches go to their own pool, beside the keys' own work; a local
             # model's one at a time on the model thread, taken only when it is idle.
-            pool = self.prefetch_worker if engine.capabilities.parallel > 1 and self.prefetch_worker else self.worker
+            pool = self.prefetch_worker if job.beside and self.prefetch_worker else self.worker
             pool.submit(job)
 
     def on_results(self) -> None:
@@ -345,7 +350,7 @@ class ExplorerApp:
     # ---------------------------------------------------------------- drawing
     def refresh(self) -> None:
         if self.diff_pair is not None:  # numbers fill in as the model computes them
-            diff = self.explorer.branch_diff(*self.diff_pair)
+            diff = self.explorer.features.compare.branch_diff(*self.diff_pair)
             if diff is None:
                 self._close_diff()
                 self.explorer.message = "a compared branch was removed: the diff is closed"

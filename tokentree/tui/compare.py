@@ -1,6 +1,6 @@
 """The screen's comparisons: the branch diff view (c), and the compare model's cells.
 
-The numbers come from tokentree.core.compare (the same table `tokentree export --diff`
+The numbers come from tokentree.features.compare (the same table `tokentree export --diff`
 prints); here they are laid out in terminal columns and coloured.
 """
 
@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import urwid
 
-from tokentree.core.compare import BranchDiff, DiffTable, diff_table, fmt_divergence
+from tokentree.features.compare.diff import BranchDiff, DiffTable, diff_table
+from tokentree.features.compare.divergence import fmt_divergence
 from tokentree.core.snapshot import CandidateRow, CompareInfo
 from tokentree.tui.cells import fit, safe, width_of
 
@@ -30,7 +31,7 @@ def compare_cell(row: CandidateRow) -> str | None:
 
 
 def compare_status(info: CompareInfo | None) -> str:
-    """The status bar's part: 'vs NAME: KL ≥ 0.412 · TV 0.21–0.25' (see core/compare.py)."""
+    """The status bar's part: 'vs NAME: KL ≥ 0.412 · TV 0.21–0.25' (see features/compare)."""
     if info is None:
         return ""
     name = safe(short_name(info.model))

@@ -3,7 +3,7 @@ column, its legend line and what an empty table means. Reads `Snapshot.constrain
 
 from __future__ import annotations
 
-from tokentree.core.constraining import nothing_allowed
+from tokentree.features.constraint.mask import nothing_allowed
 from tokentree.core.snapshot import CandidateRow, ConstraintLine, Snapshot
 from tokentree.tui.cells import fit, safe
 

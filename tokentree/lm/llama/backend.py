@@ -266,7 +266,7 @@ class LlamaBackend:
         return Analysis()
 
     def sample(self, prefix: Sequence[int], *, count: int, steps: int, settings, seed: int,
-               stop_ids: Iterable[int] = frozenset()) -> list[list[tuple[int, NodeOutput]]]:
+               stop_ids: Iterable[int] = frozenset(), allowed=None) -> list[list[tuple[int, NodeOutput]]]:
         """`count` continuations of up to `steps` tokens drawn after `prefix`, as
         `Engine.sample` draws them: `analysis.sampling_probs` with `settings`, `analysis.draw`
         with a torch generator seeded with `seed`, every live continuation's newest token
@@ -277,7 +277,8 @@ class LlamaBackend:
         Each drawn token comes with the NodeOutput of the prefix + the tokens drawn so far (its
         probability and rank under the model's own distribution at its parent). The lines and
         kept logits are left as a step on `prefix` leaves them; no sampled node enters them.
-        forward_passes: one per step that ran, plus one if the prefix had to be computed."""
+        forward_passes: one per step that ran, plus one if the prefix had to be computed.
+        `allowed`: as `Engine.sample` takes it (a regex constraint's bitmask per step)."""
         prefix, count, steps = sample_request(prefix, settings, count, steps)
         self._check_ids(prefix)
         results: list[list[tuple[int, NodeOutput]]] = [[] for _ in range(count)]
@@ -295,7 +296,7 @@ class LlamaBackend:
             for group in range(0, count, SAMPLE_ROWS):
                 rows = list(range(group, min(count, group + SAMPLE_ROWS)))
                 sample_group(self._cache, prefix, source, first, rows, steps, settings, generator, stops, results,
-                             top_k=self.top_k)
+                             top_k=self.top_k, allowed=allowed)
         return results
 
     def _prefix_line(self, prefix: tuple[int, ...]) -> tuple[torch.Tensor, Line]:

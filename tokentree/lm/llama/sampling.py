@@ -12,11 +12,14 @@ from tokentree.outputs import NodeOutput
 
 
 def sample_group(cache: CacheLines, prefix: tuple[int, ...], source: Line, first: torch.Tensor,
-                 rows: list[int], steps: int, settings, generator, stops, results, *, top_k: int) -> None:
+                 rows: list[int], steps: int, settings, generator, stops, results, *, top_k: int,
+                 allowed=None) -> None:
     """Draw up to `steps` tokens for each row in `rows` (at most SAMPLE_ROWS) after `prefix`,
     whose cells `source` holds and whose next-token logits are `first`: `analysis.sampling_probs`
     with `settings`, `analysis.draw` with `generator`. Each drawn token and the NodeOutput of
     the prefix + the tokens drawn so far go to results[row]; a row stops at a token in `stops`.
+    `allowed` (a regex constraint): the row's drawn tokens -> the bitmask of the ids that may
+    come next; only those are drawn, and a row where none may ends there.
     One forward pass is counted per step; the sample sequences are emptied afterwards."""
     lib, mem = cache.lib, cache.mem
     seqs = [LINES + j for j in range(len(rows))]  # row rows[j] grows in sequence seqs[j]
@@ -26,7 +29,22 @@ def sample_group(cache: CacheLines, prefix: tuple[int, ...], source: Line, first
     logits = first[None].expand(len(rows), -1)
     try:
         for step in range(steps):
-            probs = analysis.sampling_probs(logits, temperature=settings.temperature, top_k=settings.top_k,
+            scores = logits
+            if allowed is not None:
+                ok = analysis.allowed_rows([allowed([t for t, _ in results[r]]) for r in rows], logits.shape[-1],
+                                           logits.device)
+                live = ok.any(-1).tolist()
+                if not all(live):  # nothing may follow: that continuation ends here
+                    for j, alive in enumerate(live):
+                        if not alive:
+                            lib.llama_memory_seq_rm(mem, seqs[j], -1, -1)
+                    keep = [j for j, alive in enumerate(live) if alive]
+                    if not keep:
+                        break
+                    logits, ok = logits[keep], ok[keep]
+                    rows, seqs = [rows[j] for j in keep], [seqs[j] for j in keep]
+                scores = analysis.restrict(logits, ok)
+            probs = analysis.sampling_probs(scores, temperature=settings.temperature, top_k=settings.top_k,
                                             top_p=settings.top_p, min_p=settings.min_p)
             tokens = analysis.draw(probs, generator).view(-1)
             token_probs, token_ranks = analysis.target_probs_ranks(logits, tokens)

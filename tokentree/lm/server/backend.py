@@ -78,7 +78,7 @@ class ServerBackend:
             self._token_bytes = None
         self.capabilities = Capabilities(
             influence=False, layer_lens=False, influence_note=NEEDS_LOCAL, layer_lens_note=NEEDS_LOCAL,
-            prompt_logprobs=dialect.prompt_logprobs, exact_entropy=False, parallel=max(1, parallel),
+            prompt_logprobs=dialect.prompt_logprobs, exact_entropy=False, parallel=max(1, parallel), remote=True,
         )
         host = client.netloc
         self.info = ModelInfo(
@@ -282,22 +282,35 @@ class ServerBackend:
     def analyze(self, tokens, *, influence: bool = False, lens_ids=None) -> Analysis:
         return Analysis()  # no model internals over HTTP: capabilities say so
 
-    def sample(self, prefix, *, count: int, steps: int, settings, seed: int, stop_ids=frozenset()):
+    def sample(self, prefix, *, count: int, steps: int, settings, seed: int, stop_ids=frozenset(), allowed=None):
         """Continuations drawn from each node's top-k (renormalized, then the sampler's
         temperature/top-k/top-p/min-p, as `sampling.survivors` computes them): the tokens
         outside the server's top-k are never drawn. Each continuation is its own chain of
-        requests; the chains run in parallel."""
+        requests; the chains run in parallel. `allowed` (a regex constraint: drawn tokens ->
+        the allowed ids' bitmask) keeps only the top-k ids it allows; it is called under a lock
+        (a constraint's matcher serves one thread at a time)."""
         prefix = tuple(prefix)
         if not prefix:
             raise ValueError("sample needs a prefix of at least one token")
         stops = frozenset(stop_ids)
+        gate = threading.Lock()
+
+        def candidates(dist, drawn) -> tuple[list[int], list[float]]:
+            if allowed is None:
+                return list(dist.top_ids), list(dist.top_probs)
+            with gate:
+                mask = allowed(drawn)
+            pairs = [(t, p) for t, p in zip(dist.top_ids, dist.top_probs)
+                     if (t >> 3) < len(mask) and mask[t >> 3] >> (t & 7) & 1]
+            return [t for t, _ in pairs], [p for _, p in pairs]
 
         def chain(row: int) -> list[tuple[int, NodeOutput]]:
             rng = random.Random(f"{seed}:{row}")
             tokens, out = prefix, []
             dist = self._next(prefix)
             for _ in range(steps):
-                pick, _ = survivors(dist.top_ids, dist.top_probs, settings, 0.0)  # only the top-k
+                ids, probs = candidates(dist, tokens[len(prefix):])
+                pick, _ = survivors(ids, probs, settings, 0.0) if ids else ({}, True)  # only the top-k
                 if not pick:
                     break
                 token = rng.choices(list(pick), weights=list(pick.values()))[0]

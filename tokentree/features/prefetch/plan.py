@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from tokentree.store import keys as prefix_keys
 
-from .planner import OutputsJob
-from .view import TreeView
+from tokentree.core.planner import OutputsJob
+from tokentree.core.view import TreeView
 
 
 def prefetch_jobs(view: TreeView, path, candidates: list[int], selected: int | None, count: int,

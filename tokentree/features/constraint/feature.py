@@ -1,4 +1,4 @@
-"""Regex constraints in the explorer (r / R): a mixin of the Explorer, like exploring.py.
+"""Regex constraints (r / R), as a feature of the explorer.
 
 A branch's constraint is recorded (`constraint.set` / `constraint.cleared` events, projected
 into the `constraints` table), so a resume, another window and the exports see it: its name,
@@ -9,9 +9,10 @@ its pattern as matched, and the depth it was switched on at. Everything else is 
 - the table shows the cached top-K with every token the pattern does not allow left out,
   probabilities renormalized over the allowed ones and the model's own beside them (`Mask`,
   applied by Screen.candidate_rows, so append, fill, counterfactuals and prefetch all see
-  only allowed tokens). The cache keeps the model's raw top-K, never masked numbers.
+  only allowed tokens; `g` draws only allowed tokens, each sample walking its own matcher
+  in the worker). The cache keeps the model's raw top-K, never masked numbers.
 
-The index (tokentree.constraints.index: llguidance over the model's vocabulary) is built in
+The index (tokentree.features.constraint.index: llguidance over the model's vocabulary) is built in
 the worker, once per vocabulary and pattern; the vocabulary's token table is kept in the data
 dir, so only the first session of a vocabulary walks the model's tokenizer for it.
 No urwid, no torch.
@@ -21,14 +22,15 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from tokentree.constraints import COMPLETE, DEAD, ConstraintError
-from tokentree.constraints.catalog import Struct, load_catalog
-from tokentree.constraints.index import ConstraintIndex, Position, TextPosition, Vocabulary, vocabulary_for
+from tokentree.core.feature import Feature
+from tokentree.core.snapshot import ConstraintLine
 
-from .snapshot import ConstraintLine
-from .worker import Task
+from . import ConstraintError
+from .catalog import Struct, load_catalog
+from .index import ConstraintIndex, Position, TextPosition, Vocabulary, vocabulary_for
+from .mask import Mask
 
 log = logging.getLogger(__name__)
 
@@ -36,28 +38,11 @@ _COMPILING = "compiling"  # an index entry while the worker builds it
 _POSITIONS = 512  # nodes whose constraint position is kept (a mask is vocabulary/8 bytes)
 
 
-@dataclass(frozen=True)
-class Mask:
-    """What a branch's constraint lets follow one node. With `filters`, the table lists only
-    the tokens `allows` accepts, with probabilities renormalized by `mass` (the model's raw
-    probability of the allowed tokens among the cached top K)."""
+class Constraint(Feature):
+    name = "constraint"
 
-    line: ConstraintLine
-    filters: bool
-    position: Position | TextPosition | None = None  # None: nothing is allowed (it failed, or no bytes yet)
-    mass: float = 0.0
-
-    def allows(self, token: int) -> bool:
-        return self.position is not None and self.position.allows(token)
-
-    def renormalized(self, prob: float | None) -> float | None:
-        return None if prob is None or self.mass <= 0.0 else prob / self.mass
-
-
-class ConstraintCommands:
-    """Mixed into Explorer; every method runs on the UI thread."""
-
-    def _init_constraints(self) -> None:
+    def __init__(self, core) -> None:
+        super().__init__(core)
         self._structs: list[Struct] | None = None  # the catalog, read on the first r / R
         self._struct_problems: list[str] = []
         self._pick = 0  # the catalog entry r switches on (R moves it)
@@ -67,31 +52,30 @@ class ConstraintCommands:
         self._positions: OrderedDict[tuple[str, int, int], Position] = OrderedDict()  # (pattern, depth, node)
         self._rx_seen: tuple[int, dict] | None = None  # (session version, branch id -> Constraint)
         self._rx_wanted: tuple[str, str] | None = None  # (name, pattern) whose index the screen waits for
-        self._screen.mask = self._mask
 
     # ------------------------------------------------------------------ commands
-    def toggle_constraint(self) -> None:
+    def toggle(self) -> None:
         """r: switch the focused branch's regex constraint off, or the picked one on from here."""
-        with self._view.reading():
-            branch = self._focused_branch()
+        with self.core.view.reading():
+            branch = self.core.focused_branch()
             rule = self._branch_constraints().get(branch.id)
         if rule is not None:
-            self._command(self.store.clear_constraint, branch.id)
+            self.core.command(self.core.store.clear_constraint, branch.id)
             self._picked = True
-            self.message = f"regex {rule.name} off (r: on again from the current token; u undoes)"
+            self.core.message = f"regex {rule.name} off (r: on again from the current token; u undoes)"
             return
         structs = self._catalog()
         if not structs:
             return
         self._switch_on(branch, structs[self._pick % len(structs)])
 
-    def cycle_constraint(self) -> None:
+    def cycle(self) -> None:
         """R: the next constraint of the catalog; while one is on, it takes its place from here."""
         structs = self._catalog()
         if not structs:
             return
-        with self._view.reading():
-            branch = self._focused_branch()
+        with self.core.view.reading():
+            branch = self.core.focused_branch()
             rule = self._branch_constraints().get(branch.id)
         names = [s.name for s in structs]
         current = rule.name if rule is not None else (names[self._pick % len(names)] if self._picked else None)
@@ -99,30 +83,30 @@ class ConstraintCommands:
         self._picked = True
         struct = structs[self._pick]
         if rule is None:
-            self.message = (f"regex {struct.name} ({self._pick + 1} of {len(structs)}): {_short(struct.pattern)}"
+            self.core.message = (f"regex {struct.name} ({self._pick + 1} of {len(structs)}): {_short(struct.pattern)}"
                             f"  (r switches it on){self._skipped()}")
             return
         if (struct.name, struct.pattern) == (rule.name, rule.pattern) and len(structs) == 1:
-            self.message = f"regex {struct.name} is the only constraint"
+            self.core.message = f"regex {struct.name} is the only constraint"
             return
         self._switch_on(branch, struct, run="constraint")
 
     def _switch_on(self, branch, struct: Struct, run: str | None = None) -> None:
-        with self._view.reading():
-            depth = self._view.node(branch.node_id).depth
-        self._command(self.store.set_constraint, branch.id, struct.name, struct.pattern, depth=depth, run=run)
+        with self.core.view.reading():
+            depth = self.core.view.node(branch.node_id).depth
+        self.core.command(self.core.store.set_constraint, branch.id, struct.name, struct.pattern, depth=depth, run=run)
         if struct.pattern not in self._indexes:
             self._rx_wanted = (struct.name, struct.pattern)  # the next take_job builds its index
-        self.message = (f"regex {struct.name} on from here: {_short(struct.pattern)}  (r: off, R: next, u undoes)"
+        self.core.message = (f"regex {struct.name} on from here: {_short(struct.pattern)}  (r: off, R: next, u undoes)"
                         f"{self._skipped()}")
 
     def _catalog(self) -> list[Struct]:
         """The constraints to choose from (read once); a message says when there are none or
         some files were skipped."""
         if self._structs is None:
-            self._structs, self._struct_problems = load_catalog(getattr(self.config, "structs", None))
+            self._structs, self._struct_problems = load_catalog(getattr(self.core.config, "structs", None))
         if not self._structs:
-            self.message = ("no regex constraints: put one regular expression per file in prompts/structs/, "
+            self.core.message = ("no regex constraints: put one regular expression per file in prompts/structs/, "
                             "or add a [structs] table to config.toml"
                             + (f" (skipped: {self._struct_problems[0]})" if self._struct_problems else ""))
         return self._structs
@@ -138,10 +122,10 @@ class ConstraintCommands:
     # ------------------------------------------------------------------ reads
     def _branch_constraints(self) -> dict:
         """branch id -> Constraint, read once per session version."""
-        with self._view.reading() as r:
-            version = self._view.version()
+        with self.core.view.reading() as r:
+            version = self.core.view.version()
             if self._rx_seen is None or self._rx_seen[0] != version:
-                self._rx_seen = (version, r.constraints(self.session_id))
+                self._rx_seen = (version, r.constraints(self.core.session_id))
             return self._rx_seen[1]
 
     def _position(self, index: ConstraintIndex, pattern: str, depth: int, node) -> Position:
@@ -149,7 +133,7 @@ class ConstraintCommands:
         key = (pattern, depth, node.id)
         position = self._positions.get(key)
         if position is None:
-            tokens = [n.token_id for n in self._view.path_of(node.id)[depth:]]
+            tokens = [n.token_id for n in self.core.view.path_of(node.id)[depth:]]
             position = self._positions[key] = index.position(tokens)
             if len(self._positions) > _POSITIONS:
                 self._positions.popitem(last=False)
@@ -157,11 +141,11 @@ class ConstraintCommands:
             self._positions.move_to_end(key)
         return position
 
-    def _mask(self, node, out) -> Mask | None:
+    def token_filter(self, node, out) -> Mask | None:
         """The focused branch's constraint at `node` (Screen.candidate_rows applies it);
         None when the branch has none (and none was picked with R)."""
-        with self._view.reading():
-            branch = self._focused_branch()
+        with self.core.view.reading():
+            branch = self.core.focused_branch()
             rule = self._branch_constraints().get(branch.id)
         if rule is None:
             if self._picked and self._structs:
@@ -177,7 +161,7 @@ class ConstraintCommands:
                 self._rx_wanted = (rule.name, rule.pattern)  # the next take_job builds its index
             position = self._text_position(rule, node, out)  # byte by byte until the index is built
             if position is None:
-                note = "it compiles once the model is loaded" if self.engine is None else "compiling its index"
+                note = "it compiles once the model is loaded" if self.core.engine is None else "compiling its index"
                 return Mask(ConstraintLine(rule.name, "compiling", filters=True, note=note), True)
         else:
             position = self._position(entry, rule.pattern, rule.depth, node)
@@ -195,28 +179,28 @@ class ConstraintCommands:
 
     def _text_position(self, rule, node, out) -> TextPosition | None:
         """The position walked byte by byte from the known token bytes (None: some unknown)."""
-        view = self._view
+        view = self.core.view
         ids = [n.token_id for n in view.path_of(node.id)[rule.depth:]]
         more = list(out.next.top_ids) if out is not None else []
         more += [c.token_id for c in view.children_of(node.id)]
         pieces = view.pieces([*ids, *more])
         if any(t not in pieces for t in ids):
             return None
-        stops = self.engine.stop_ids("eos") if self.engine is not None else ()
+        stops = self.core.engine.stop_ids("eos") if self.core.engine is not None else ()
         return TextPosition(rule.pattern, b"".join(pieces[t] for t in ids), pieces, stops)
 
     # ------------------------------------------------------------------ model work
-    def _constraint_task(self) -> Task | None:
+    def next_task(self, idle: bool):
         """The index the focused branch's constraint needs, built in the worker: the
         vocabulary once (its token table from the data dir when a session had it before),
         then the pattern's matcher."""
-        if self.engine is None or self._rx_wanted is None:
+        if idle or self.core.engine is None or self._rx_wanted is None:
             return None  # no store read here: the screen says which index it waits for
         name, pattern = self._rx_wanted
         self._rx_wanted = None
         if pattern in self._indexes:
             return None
-        engine, vocab_key, vocabulary = self.engine, self.vocab_key, self._vocabulary
+        engine, vocab_key, vocabulary = self.core.engine, self.core.vocab_key, self._vocabulary
         stops = sorted(engine.stop_ids("eos"))
         self._indexes[pattern] = _COMPILING
 
@@ -228,51 +212,43 @@ class ConstraintCommands:
                 return vocab, str(exc)
 
         def finish(result) -> None:
-            self._in_flight = None
             self._vocabulary, self._indexes[pattern] = result
             if isinstance(result[1], str):
-                self.message = f"regex {name} cannot be used with this model: {result[1]}"
+                self.core.message = f"regex {name} cannot be used with this model: {result[1]}"
 
         def fail(exc: BaseException) -> None:
-            self._in_flight = None
             log.error("compiling the regex %s failed", name, exc_info=exc)
             self._indexes[pattern] = f"compiling it failed: {exc}"
 
-        task = Task(label=f"compiling regex {name}", run=run, finish=finish, fail=fail)
-        self._in_flight = task
-        return task
+        return self.core.task(f"compiling regex {name}", run, finish, fail)
 
-    # ------------------------------------------------------------------ guards for other commands
-    def _focused_mask(self) -> tuple[Mask | None, object]:
-        view = self._view
-        with view.reading():
-            node = view.node(self._focused_branch().node_id)
-            out = view.outputs_for([node.prefix_key]).get(node.prefix_key)
-            return self._mask(node, out), out
+    # ------------------------------------------------------------------ sampling
+    def sampling_filter(self, path):
+        """For `g`: a function the worker runs over the tokens each sample has drawn, giving
+        the allowed next-token bitmask; its own matcher (the UI thread's is not shared)."""
+        with self.core.view.reading():
+            rule = self._branch_constraints().get(self.core.focused_branch().id)
+            if rule is None:
+                return None
+            tip = path[-1]
+            if tip.depth < rule.depth:
+                return None  # it starts further on: a sample may cross it (not filtered)
+            mask = self.token_filter(tip, self.core.view.outputs_for([tip.prefix_key]).get(tip.prefix_key))
+        entry = self._indexes.get(rule.pattern)
+        if not isinstance(entry, ConstraintIndex):
+            return mask.blocked() if mask is not None and mask.filters else None
+        if not mask.position.allowed_count:
+            return mask.blocked()
+        since = [n.token_id for n in path[rule.depth:]]
+        pattern, vocabulary = rule.pattern, entry.vocabulary
+        own: list[ConstraintIndex] = []
 
-    def _constraint_blocks(self) -> str | None:
-        """Why an append cannot go on under the constraint (None: it can, or it waits for the model)."""
-        mask, out = self._focused_mask()
-        if mask is None or not mask.filters or (out is None and mask.position is not None):
-            return None
-        return nothing_allowed(mask.line)
+        def allowed(drawn) -> bytes:
+            if not own:
+                own.append(ConstraintIndex(pattern, vocabulary))  # in the worker: a matcher of its own
+            return own[0].position([*since, *drawn]).mask
 
-    def _fill_choice(self, node, out) -> tuple[int | None, str | None]:
-        """The token a fill appends at `node`: the most likely one the constraint allows."""
-        with self._view.reading():
-            mask = self._mask(node, out)
-        if mask is None or not mask.filters:
-            return out.next.top_ids[0], None
-        token = next((t for t in out.next.top_ids if mask.allows(t)), None)
-        return (token, None) if token is not None else (None, nothing_allowed(mask.line))
-
-    def _constraint_refuses_sampling(self) -> bool:
-        mask, _ = self._focused_mask()
-        if mask is None or not mask.filters:
-            return False
-        self.message = (f"sampling does not follow regex constraints yet: r switches {mask.line.name} off "
-                        "(f fills with allowed tokens)")
-        return True
+        return allowed
 
 
 def _all_bytes(engine) -> list[bytes]:
@@ -283,20 +259,3 @@ def _all_bytes(engine) -> list[bytes]:
 
 def _short(pattern: str, limit: int = 48) -> str:
     return pattern if len(pattern) <= limit else pattern[: limit - 1] + "\u2026"
-
-
-def nothing_allowed(line: ConstraintLine) -> str:
-    name = line.name
-    if line.status == "compiling":
-        return f"regex {name}: {line.note} (a moment)"
-    if line.status == "failed":
-        return f"regex {name} cannot be used with this model (r switches it off)"
-    if line.status == DEAD:
-        return f"regex {name} is dead here: the text since it was switched on cannot match"
-    if line.status == COMPLETE and not line.can_continue:
-        return (f"regex {name} is complete: only an end-of-text token may follow, and none is in the "
-                f"top {line.top_k} (r switches it off)")
-    if line.vocab_allowed == 0:
-        return f"no token of the model's vocabulary keeps regex {name} matching (r switches it off)"
-    more = f"; {line.vocab_allowed:,} in the vocabulary would" if line.vocab_allowed else ""
-    return f"no token of the top {line.top_k} keeps regex {name} matching ({more.lstrip('; ')}{'; ' if more else ''}r switches it off)"

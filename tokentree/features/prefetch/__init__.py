@@ -1,0 +1,1 @@
+"""Speculative prefetch: the children of the candidates the user is likely to append."""

@@ -1,0 +1,92 @@
+"""The prompt pane: the current branch's text, coloured by the prompt view (plain,
+probability, entropy, influence, disagreement), the last token's numbers and a legend line.
+"""
+
+from __future__ import annotations
+
+import urwid
+
+from tokentree.core.snapshot import Snapshot
+from tokentree.tui.cells import safe_markup
+from tokentree.tui.layout import BottomText
+from tokentree.tui.palette import LEVELS, gradient_attr
+
+__all__ = ["PromptPane"]
+
+_VIEW_GRADIENT = {"probability": "prob", "entropy": "ent", "influence": "inf", "disagreement": "dis"}
+_VIEW_LEGEND = {
+    "probability": ("token probability", "0", "1"),
+    "entropy": ("entropy it was chosen from", "certain", "uncertain"),
+    "influence": ("on next token", "none", "most"),
+    "disagreement": ("|\u0394 log p| between the two models", "0", "\u22653 nats"),
+}
+
+
+class PromptPane(urwid.WidgetWrap):
+    """The current branch's text, coloured by the prompt view, and a legend line."""
+
+    def __init__(self) -> None:
+        self.body = BottomText()
+        self.info = urwid.Text("", wrap="clip")
+        self.legend = urwid.Text("")  # wraps: a long sampler description stays readable
+        self.box = urwid.LineBox(urwid.Pile([self.body, ("pack", self.info), ("pack", self.legend)]),
+                                 title="prompt", title_align="left")
+        super().__init__(self.box)
+
+    def rows_needed(self, maxcol: int) -> int:
+        """The pane's height with all of its text in view: the wrapped prompt, the info and
+        legend lines, the borders."""
+        inner = (max(1, maxcol - 2),)
+        return self.body.rows_needed(inner[0]) + self.info.rows(inner) + self.legend.rows(inner) + 2
+
+    def update(self, snap: Snapshot) -> None:
+        kind = _VIEW_GRADIENT.get(snap.prompt_view)
+        markup = []
+        for tok in snap.prompt:
+            if not tok.text:
+                continue  # the first bytes of a character completed by a later token
+            if kind is None:
+                attr = "appended" if tok.appended else "prompt"
+            else:
+                attr = gradient_attr(kind, tok.value)
+            markup.append((attr, tok.text))
+        markup = safe_markup(markup)  # judged as one text: a sequence split across tokens
+        markup.append(("cursor", "\u258f"))
+        self.body.set_markup(markup)
+        self.legend.set_text(self._legend(snap))
+        self.info.set_text(self._info(snap))
+        self.box.set_title(f"prompt \u00b7 {snap.prompt_view} view")
+
+    @staticmethod
+    def _info(snap: Snapshot):
+        """The last token's own numbers; a first token has no distribution: n/a."""
+        if not snap.prompt:
+            return ""
+        if snap.last_pending:  # its node is being computed: not "n/a", just not yet
+            own = [("legend", "last token p "), ("message", "computing\u2026")]
+        elif snap.last_prob is None:
+            own = [("legend", "last token p "), ("na", "n/a"), ("legend", " (no distribution before it)")]
+        else:
+            own = [("legend", f"last token p {snap.last_prob * 100:.2f}%  rank {snap.last_rank}")]
+        if snap.entropy is not None:
+            # A server's top-k gives a lower bound only: never shown as if exact.
+            bound = "" if snap.entropy_exact else "\u2265 "
+            own.append(("legend", f"   next: entropy {bound}{snap.entropy:.2f} nats ({snap.norm_entropy:.2f} of max)"))
+        return own
+
+    @staticmethod
+    def _legend(snap: Snapshot):
+        pending = [("message", "  (computing\u2026)")] if snap.view_pending else []
+        if snap.prompt_view == "plain":
+            return [("legend", "plain view: "), ("prompt", "prompt"), ("legend", " "),
+                    ("appended", "your tokens"), ("legend", "   e: next view")]
+        kind = _VIEW_GRADIENT[snap.prompt_view]
+        what, low, high = _VIEW_LEGEND[snap.prompt_view]
+        ramp = [(f"{kind}_{i}", "  ") for i in range(LEVELS)]
+        sink = []
+        if snap.prompt_view == "influence" and not snap.view_pending:
+            # The first token (the usual attention sink) is n/a; its share is a number.
+            share = [("legend", f"{snap.sink_share:.2f}")] if snap.sink_share is not None else [("na", "n/a")]
+            sink = [("legend", " \u00b7 sink "), *share]
+        return [("legend", f"{snap.prompt_view} view, {what}: {low} "), *ramp, ("legend", f" {high}  "),
+                ("na", "n/a"), *sink, *pending]
