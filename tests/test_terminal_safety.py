@@ -30,12 +30,12 @@ SITECUSTOMIZE = '''
 import os
 _name = os.environ.get("TOKENTREE_TEST_RAISE_IN")
 if _name:
-    import tokentree.core.explorer as _explorer
+    import tokentree.features.branches as _branches
 
     def _boom(self, *args, **kwargs):
         raise RuntimeError("injected failure in " + _name)
 
-    setattr(_explorer.Explorer, _name, _boom)
+    setattr(_branches.Branches, _name, _boom)  # the branch list's commands (a feature)
 '''
 
 
