@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,50 +21,139 @@ ROWS, COLS = 30, 100
 UP, DOWN, RIGHT, LEFT = "\x1b[A", "\x1b[B", "\x1b[C", "\x1b[D"
 CTRL_Q, CTRL_C = "\x11", "\x03"
 
+# urwid asks the terminal (DECRQM) whether it does synchronized output; answered yes, it
+# wraps every frame it draws in these two sequences. A frame is fed to the emulator only
+# once it is complete, so the screen a test reads is always a whole frame, never the top
+# of a new one over the bottom of the last (e.g. a new "+1 " above an old " idle ").
+SYNC_QUERY, SYNC_REPLY = b"\x1b[?2026$p", b"\x1b[?2026;2$y"
+SYNC_BEGIN, SYNC_END = b"\x1b[?2026h", b"\x1b[?2026l"
+WAIT = 120.0  # seconds: a deadline, not a pause (waiting is free when things are fast)
+
+
+def _partial_tail(data: bytes, seq: bytes) -> int:
+    """How many bytes at the end of `data` could be the start of `seq`."""
+    for k in range(min(len(seq) - 1, len(data)), 0, -1):
+        if data.endswith(seq[:k]):
+            return k
+    return 0
+
 
 class Terminal:
-    def __init__(self, args: list[str], cwd: Path) -> None:
+    """The real `tokentree` in a pseudo-terminal, its screen read through pyte.
+
+    Every read of the screen waits for the state it asserts: `wait_for(*needles)` (all of
+    them on one whole frame) or `wait_until(predicate)`; `keys(..., settle=...)` types, then
+    waits. `hold_load=True` keeps the model load behind the screen waiting until
+    `release_load()` (tests/child_hooks.py), so the loading screen is a state, not a moment.
+    """
+
+    def __init__(self, args: list[str], cwd: Path, *, hold_load: bool = False) -> None:
         exe = Path(sys.executable).with_name("tokentree")  # the installed console script
         env = dict(os.environ, TERM="xterm-256color", COLUMNS=str(COLS), LINES=str(ROWS))
+        self.gate: Path | None = None
+        if hold_load:
+            from child_hooks import with_hooks
+
+            hooks = Path(tempfile.mkdtemp(prefix="tt-hooks-", dir=cwd))
+            self.gate = hooks / "load.go"
+            env = with_hooks(env, hooks, TOKENTREE_TEST_HOLD_LOAD=str(self.gate))
         self.screen = pyte.Screen(COLS, ROWS)
         self.stream = pyte.ByteStream(self.screen)
         self.raw = b""
+        self._pending = b""  # read, not yet fed: the start of a frame still being written
+        self._in_frame = False
+        self._answered = False
         self.child = pexpect.spawn(str(exe), args, env=env, cwd=str(cwd), dimensions=(ROWS, COLS))
 
+    def release_load(self) -> None:
+        assert self.gate is not None, "started without hold_load"
+        self.gate.touch()
+
+    # ------------------------------------------------------------------ reading
+    def _take(self, data: bytes) -> None:
+        self.raw += data
+        if not self._answered and SYNC_QUERY in self.raw:
+            self._answered = True
+            self.child.send(SYNC_REPLY)
+        buf, ready = self._pending + data, []
+        while buf:
+            if self._in_frame:
+                end = buf.find(SYNC_END, len(SYNC_BEGIN))
+                if end < 0:
+                    break  # the rest of this frame is still to come
+                end += len(SYNC_END)
+                ready.append(buf[:end])
+                buf, self._in_frame = buf[end:], False
+            else:
+                start = buf.find(SYNC_BEGIN)
+                if start < 0:
+                    keep = _partial_tail(buf, SYNC_BEGIN)
+                    ready.append(buf[: len(buf) - keep])
+                    buf = buf[len(buf) - keep:]
+                    break
+                ready.append(buf[:start])
+                buf, self._in_frame = buf[start:], True
+        self._pending = buf
+        self.stream.feed(b"".join(ready))
+
+    def _read_once(self, timeout: float) -> bool:
+        """Read what the child wrote within `timeout`; False at EOF."""
+        try:
+            data = self.child.read_nonblocking(65536, timeout=timeout)
+        except pexpect.TIMEOUT:
+            return True
+        except pexpect.EOF:
+            if self._pending:  # the child is gone: what it wrote is all there is
+                self.stream.feed(self._pending)
+                self._pending = b""
+            return False
+        self._take(data)
+        return True
+
     def read(self, seconds: float = 0.2) -> None:
+        """Take in what the child writes for `seconds` (pacing only: never a wait for a state)."""
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            try:
-                data = self.child.read_nonblocking(65536, timeout=0.05)
-            except pexpect.TIMEOUT:
-                continue
-            except pexpect.EOF:
+            if not self._read_once(0.05):
                 return
-            self.raw += data
-            self.stream.feed(data)
 
     @property
     def text(self) -> str:
         return "\n".join(self.screen.display)
 
-    def wait_for(self, *needles: str, timeout: float = 60) -> str:
+    def wait_until(self, predicate, what: str = "the expected screen", timeout: float = WAIT) -> str:
+        """Read until `predicate(text)` holds on a whole frame; return that text."""
         end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            self.read(0.1)
-            if all(n in self.text for n in needles):
-                return self.text
-            if not self.child.isalive():
+        problem, eof = None, False
+        while True:
+            try:
+                if predicate(self.text):
+                    return self.text
+            except AssertionError as exc:  # a predicate may explain what is still missing
+                problem = exc
+            if time.monotonic() > end or eof:
                 break
-        raise AssertionError(f"{needles} not on screen:\n{self.text}\n(raw tail: {self.raw[-300:]!r})")
+            eof = not self._read_once(0.05)  # at EOF: one last look at the final screen
+        why = "the child exited" if eof else f"after {timeout:.0f} s"
+        raise AssertionError(f"{what} not on screen ({why})"
+                             f"{f' ({problem})' if problem else ''}:\n{self.text}\n"
+                             f"(raw tail: {self.raw[-300:]!r})")
 
-    def keys(self, *keys: str, settle: str | None = None) -> None:
+    def wait_for(self, *needles: str, absent: tuple[str, ...] = (), timeout: float = WAIT) -> str:
+        """Read until every needle is on one whole frame (and none of `absent`)."""
+        return self.wait_until(lambda text: all(n in text for n in needles) and not any(a in text for a in absent),
+                               f"{needles}" + (f" without {absent}" if absent else ""), timeout)
+
+    def keys(self, *keys: str, settle: str | tuple[str, ...] | None = None) -> None:
+        """Type `keys` (paced as a person types); with `settle`, wait for it (a needle or
+        a tuple of needles, all on one frame) before returning."""
         for key in keys:
             self.child.send(key)
             self.read(0.15)
         if settle:
-            self.wait_for(settle)
+            self.wait_for(*((settle,) if isinstance(settle, str) else settle))
 
-    def finish(self, timeout: float = 30) -> int:
+    def finish(self, timeout: float = WAIT) -> int:
         self.child.expect(pexpect.EOF, timeout=timeout)
         self.raw += self.child.before or b""
         self.child.close()
@@ -74,8 +164,7 @@ def test_new_session_keys_and_events_then_resume(tmp_path, tiny_model):
     prompt = tmp_path / "story.txt"
     prompt.write_text("Once upon a time", encoding="utf-8")
     term = Terminal(["--model", str(tiny_model), "--input", str(prompt)], tmp_path)
-    term.wait_for("Once upon a time", "next token", " idle ", "story")
-    assert "+0" in term.text
+    term.wait_for("Once upon a time", "next token", " idle ", "story", "+0")
 
     term.keys(DOWN, RIGHT, settle="+1 ")
     term.keys(RIGHT, settle="+2 ")
@@ -100,11 +189,13 @@ def test_new_session_keys_and_events_then_resume(tmp_path, tiny_model):
     finally:
         store.close()
 
-    # Resume: the cached tree is drawn while the model is still loading; ctrl+c exits cleanly.
-    term = Terminal(["--resume", "last"], tmp_path)
-    loading = term.wait_for("loading", "Once upon a time", "branches \u00b7 2")
-    assert "\u25b8" in loading  # the explored child is marked in the table, from the cache
-    term.wait_for(" idle ")
+    # Resume: the cached tree is drawn while the model is still loading (held until the
+    # screen has been read); ctrl+c exits cleanly.
+    term = Terminal(["--resume", "last"], tmp_path, hold_load=True)
+    # The explored child is marked in the table (\u25b8), from the cache.
+    term.wait_for("loading", "Once upon a time", "branches \u00b7 2", "\u25b8")
+    term.release_load()
+    term.wait_for(" idle ", "branches \u00b7 2")
     term.keys(RIGHT, settle="+2 ")
     term.keys(CTRL_C)
     assert term.finish() == 130
@@ -130,18 +221,14 @@ def test_fill_sample_fork_rename_search_then_resume_and_export(tmp_path, tiny_mo
     term = Terminal(["--model", str(tiny_model), "--input", str(prompt)], tmp_path)
     term.wait_for("Once upon a time", " idle ", "story")
 
-    term.keys("f", settle="filled ")
-    term.wait_for(" idle ")
-    term.keys("g", settle="sampled ")
-    term.wait_for(" idle ", "sample 1")
-    term.keys("[", settle="fork point")
-    assert "back: " in term.text  # it moved ("fork point 3 tokens back: entropy 0.98")
-    term.keys("n", settle=" name ")
+    term.keys("f", settle=("filled ", " idle "))  # the message stays until the next key
+    term.keys("g", settle=("sampled ", " idle ", "sample 1"))
+    term.keys("[", settle=("fork point", "back: "))  # it moved ("fork point 3 tokens back: entropy 0.98")
+    term.keys("n", settle="enter: rename")  # the field's keys lead the status line (" name " is also a column title)
     term.keys(*[BACKSPACE] * 12, "wanders", settle="wanders")
     assert "renamed" not in term.text  # typed, not yet committed
-    term.keys(ENTER, settle="renamed ")
-    assert "wanders" in term.text
-    term.keys("/", settle=" search ")
+    term.keys(ENTER, settle=("renamed ", "wanders"))
+    term.keys("/", settle="enter: search")
     term.keys(*"upon", ENTER, settle='search "upon"')
     term.keys(CTRL_Q)
     assert term.finish() == 0
@@ -182,9 +269,8 @@ def test_crlf_prompt_file_reads_as_its_lf_version(tmp_path, tiny_model):
     lf = tmp_path / "lf.txt"
     lf.write_bytes(b"Once upon a time\nthere was a village\nby the sea\n")
     term = Terminal(["--model", str(tiny_model), "-i", str(crlf), "-i", str(lf)], tmp_path)
-    screen = term.wait_for("Once upon a time", "there was a village", " idle ", "crlf")
+    screen = term.wait_for("Once upon a time", "there was a village", "by the sea", " idle ", "crlf")
     assert "\\x0d" not in screen and "\\r" not in screen and "\r" not in screen
-    assert "by the sea" in screen
     term.keys(CTRL_Q)
     assert term.finish() == 0
 
@@ -224,13 +310,15 @@ def test_wide_characters_keep_the_right_border_at_80x24(tmp_path, tiny_model, mo
             assert [x for x, c in enumerate(rows[y]) if c == "\u2502"] == [0, COLS - 1], (when, y, term.text)
         assert "?: help  ctrl+q: quit" in "".join(rows[-1]), (when, term.text)
 
-    check("start")
-    term.keys(RIGHT, settle="+1 ")
-    term.wait_for(" idle ")
-    check("after an append")
-    term.keys(LEFT, settle="+0 ")
-    term.read(0.5)
-    check("after a pop")
+    def settled(when: str) -> None:
+        """Wait for a whole frame that passes the check (it fails with the last one's problem)."""
+        term.wait_until(lambda _text: check(when) is None, f"the borders {when}")
+
+    settled("at the start")
+    term.keys(RIGHT, settle=("+1 ", " idle "))
+    settled("after an append")
+    term.keys(LEFT, settle=("+0 ", " idle "))
+    settled("after a pop")
     term.keys(CTRL_Q)
     assert term.finish() == 0
 
@@ -243,11 +331,13 @@ def test_new_session_shows_its_prompt_while_the_model_loads(tmp_path, tiny_model
 
     prompt = tmp_path / "story.txt"
     prompt.write_text("Caf\u00e9 \u65e5\u672c, once upon a time", encoding="utf-8")
-    term = Terminal(["--model", str(tiny_models["llama"]), "--input", str(prompt)], tmp_path)
+    # The load is held until the early screen has been read: it is a state, not a moment.
+    term = Terminal(["--model", str(tiny_models["llama"]), "--input", str(prompt)], tmp_path, hold_load=True)
     early = term.wait_for("Caf\u00e9 \u65e5\u672c, once upon a time", "loading")
     assert " idle " not in early and not re.search(r"next token \u00b7 [1-9]", early)
-    filled = term.wait_for(" idle ", "next token \u00b7 ")
-    assert re.search(r"next token \u00b7 [1-9]\d* shown", filled), filled
+    term.release_load()
+    filled = term.wait_until(lambda text: " idle " in text and re.search(r"next token \u00b7 [1-9]\d* shown", text),
+                             "idle, with the candidates")
     assert "failed" not in filled
     term.keys(RIGHT, settle="+1 ")
     term.keys(CTRL_Q)
