@@ -33,7 +33,7 @@ class LlamaServer:
     def model(self) -> str:
         return str(self.gguf)  # llama-cpp-python serves the model under its path
 
-    def start(self, timeout: float = 60.0) -> "LlamaServer":
+    def start(self, timeout: float = 180.0) -> "LlamaServer":  # a deadline: generous on a busy machine
         out = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "llama_cpp.server", "--model", str(self.gguf), "--host", "127.0.0.1",
