@@ -2,7 +2,7 @@
 put first on the child's PYTHONPATH, that patches the explorer when (and only when) one of
 these environment variables is set:
 
-* TOKENTREE_TEST_RAISE_IN=NAME: `Explorer.NAME` raises RuntimeError (an exception in a key
+* TOKENTREE_TEST_RAISE_IN=NAME: `Explorer.NAME` (or the branches feature's NAME) raises RuntimeError (an exception in a key
   handler, for the terminal-safety tests);
 * TOKENTREE_TEST_HOLD_LOAD=PATH: the model load behind the screen waits until PATH exists,
   so "the screen while the model is still loading" is a state a test can wait for and read
@@ -37,7 +37,10 @@ def _tokentree_test_hooks():
         def boom(self, *args, **kwargs):
             raise RuntimeError("injected failure in " + raise_in)
 
-        setattr(Explorer, raise_in, boom)
+        import tokentree.features.branches as branches
+
+        owner = branches.Branches if hasattr(branches.Branches, raise_in) else Explorer  # a feature's, or the core's
+        setattr(owner, raise_in, boom)
     if hold:
         import time
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
-
-from tokentree.tui.app import FOLLOW_SECONDS
 
 from robust_child import parse_events, shared_zygote, stored_events
 from tokentree.store import Store, maintenance
@@ -98,6 +97,7 @@ def test_two_processes_same_session_work_alongside(tmp_path):
 # ------------------------------------------------------------------ real commands, in ptys
 
 KEYS = "hwdhsu"
+WAIT = 120  # seconds: a deadline for a state, never a pause
 
 
 def _drain(child):
@@ -110,39 +110,61 @@ def _drain(child):
         pass
 
 
+def _session_version(db) -> int:
+    """Session 1's version now, as another process sees it (its last committed event's)."""
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return con.execute("SELECT max(version) FROM events WHERE session_id = 1").fetchone()[0] or 0
+    finally:
+        con.close()
+
+
 def test_two_real_commands_on_one_session(tmp_path, tokentree_home):
     """Two `tokentree --resume 1` on one database, keys typed into both in turn: each window
     follows the other's changes, so every key acts on what its screen shows and is recorded;
-    both quit cleanly, and the database checks clean afterwards."""
+    both quit cleanly, and the database checks clean afterwards.
+
+    Each window reports the session version its screen shows (tests/child_hooks.py), and a
+    key is typed into it only once that is the database's version: the window has caught up
+    (its follow timer came round), however long that takes on a busy machine."""
     pexpect = pytest.importorskip("pexpect")
+    from child_hooks import shown_version, with_hooks
     from test_crash_safety import _read_events, _seed_session, app_env, spawn_app
 
     db = tmp_path / "pty2.db"
     _seed_session(db)
     before = _read_events(db)
     env = app_env(tmp_path, tokentree_home)
+    stubs = Path(env["PYTHONPATH"].split(os.pathsep)[0])  # the hooks' sitecustomize goes beside the stubs
+    shown = [tmp_path / f"shown-{i}" for i in range(2)]
     children = []
     grew = [0, 0]  # keys that produced a committed event, per process
     try:
-        for _ in range(2):
-            children.append(spawn_app(db, env, resume="1"))
+        for i in range(2):
+            children.append(spawn_app(db, with_hooks(env, stubs, TOKENTREE_TEST_SHOWN=str(shown[i])), resume="1"))
         for i, key in enumerate(KEYS * 2):
             child = children[i % 2]
-            assert child.isalive(), "a tokentree process exited"
-            time.sleep(FOLLOW_SECONDS + 0.7)  # the window has caught up with the other one
-            _drain(child)
+            version = _session_version(db)
+            deadline = time.monotonic() + WAIT
+            while shown_version(shown[i % 2]) != version:  # the window has caught up with the other one
+                assert time.monotonic() < deadline, (
+                    f"window {i % 2} still shows version {shown_version(shown[i % 2])}, not {version}")
+                for c in children:
+                    assert c.isalive(), "a tokentree process exited"
+                    _drain(c)
             n = len(_read_events(db))
             child.send(key)
-            deadline = time.monotonic() + 0.5
-            while len(_read_events(db)) == n and time.monotonic() < deadline:
-                _drain(child)
-                time.sleep(0.01)
+            deadline = time.monotonic() + WAIT
+            while len(_read_events(db)) == n and time.monotonic() < deadline and child.isalive():
+                _drain(child)  # its event is committed (a refused key would never commit one)
             _drain(child)
             grew[i % 2] += len(_read_events(db)) > n
         for child in children:
             child.sendcontrol("q")
         for child in children:
-            child.expect(pexpect.EOF, timeout=30)
+            child.expect(pexpect.EOF, timeout=WAIT)
             child.close()
             assert child.exitstatus == 0, child.before[-500:]
     finally:

@@ -130,13 +130,14 @@ def app_env(tmp_path: Path, home: Path) -> dict[str, str]:
                 PYTHONPATH=os.pathsep.join([str(stubs), *filter(None, [os.environ.get("PYTHONPATH")])]))
 
 
-def spawn_app(db: Path, env: dict[str, str], resume: str = "last"):
+def spawn_app(db: Path, env: dict[str, str], resume: str = "last", ready: str = "no-such-model"):
+    """`ready`: what shows that the screen is up (by default the failed load's message)."""
     import pexpect
 
     child = pexpect.spawn(sys.executable, ["-m", "tokentree", "--resume", resume, "--db", str(db),
                                            "--model", str(db.parent / "no-such-model")],
-                          env=env, dimensions=(30, 100), timeout=60)
-    child.expect("no-such-model", timeout=60)  # the status bar: the screen is up
+                          env=env, dimensions=(30, 100), timeout=120)
+    child.expect(ready, timeout=120)  # the status bar: the screen is up
     return child
 
 

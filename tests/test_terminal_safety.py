@@ -6,8 +6,12 @@ The real `tokentree` runs in a pseudo-terminal under `sh`, which runs `stty -a` 
 tty after tokentree exits: that shows whether the tty modes were put back. torch and
 transformers are stubbed out (see test_crash_safety.app_env), so the background model load
 fails at once: that failure IS the "exception in the model worker" case. A key-handler
-exception is injected with a sitecustomize module (only when TOKENTREE_TEST_RAISE_IN is set).
-And ctrl+q while the model is still loading exits at once.
+exception is injected with a sitecustomize module (tests/child_hooks.py, only when
+TOKENTREE_TEST_RAISE_IN is set). And ctrl+q while the model is still loading exits at once
+(a load held for ever by the same hooks).
+
+Every wait here is for a state (a key's event in the database, a line on the screen) with a
+generous deadline, never a pause: waiting is free when the machine is fast.
 """
 
 from __future__ import annotations
@@ -18,60 +22,53 @@ import shlex
 import signal
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
+from child_hooks import with_hooks
 from test_crash_safety import _read_events, _seed_session, app_env, spawn_app
 from tokentree.store import Store, maintenance
 
 pexpect = pytest.importorskip("pexpect")
 
-SITECUSTOMIZE = '''
-import os
-_name = os.environ.get("TOKENTREE_TEST_RAISE_IN")
-if _name:
-    import tokentree.features.branches as _branches
-
-    def _boom(self, *args, **kwargs):
-        raise RuntimeError("injected failure in " + _name)
-
-    setattr(_branches.Branches, _name, _boom)  # the branch list's commands (a feature)
-'''
+WAIT = 120  # seconds: a deadline for a state, not a pause
 
 
 def _spawn(tmp_path, home, db, **extra_env):
     env = app_env(tmp_path, home)
-    stubs = env["PYTHONPATH"].split(os.pathsep)[0]
-    with open(os.path.join(stubs, "sitecustomize.py"), "w") as f:
-        f.write(SITECUSTOMIZE)
-    env.update(extra_env)
+    stubs = env["PYTHONPATH"].split(os.pathsep)[0]  # the hooks' sitecustomize goes beside the stubs
+    env = with_hooks(env, Path(stubs), **extra_env)
     cmd = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "tokentree", "--resume", "last",
                                             "--db", str(db), "--model", str(db.parent / "no-such-model")])
     child = pexpect.spawn("/bin/sh", ["-c", f"trap : INT; {cmd}; echo TOKENTREE-RC=$?; stty -a"],
-                          env=env, dimensions=(30, 100), timeout=60)
-    child.expect("no-such-model", timeout=60)  # the screen is up
+                          env=env, dimensions=(30, 100), timeout=WAIT)
+    child.expect("no-such-model", timeout=WAIT)  # the screen is up
     return child
 
 
 def _type(child, keys, db):
-    """Type keys, waiting briefly for each to be recorded; return the events seen."""
+    """Type keys, each after the last one's event is in the database (in the seeded session
+    each of these keys records exactly one); return the events seen."""
     for key in keys:
         n = len(_read_events(db))
         child.send(key)
-        end = time.monotonic() + 0.5
-        while len(_read_events(db)) == n and time.monotonic() < end:
+        end = time.monotonic() + WAIT
+        while len(_read_events(db)) == n:
+            assert time.monotonic() < end and child.isalive(), f"the key {key!r} was not recorded"
             try:
                 child.read_nonblocking(65536, timeout=0.02)
             except pexpect.TIMEOUT:
                 pass
+        assert len(_read_events(db)) == n + 1, f"the key {key!r} recorded more than one event"
     return _read_events(db)
 
 
 def _finish(child) -> tuple[int, bytes]:
-    child.expect(r"TOKENTREE-RC=(\d+)", timeout=30)
+    child.expect(r"TOKENTREE-RC=(\d+)", timeout=WAIT)
     rc = int(child.match.group(1))
     out = child.before
-    child.expect(pexpect.EOF, timeout=10)
+    child.expect(pexpect.EOF, timeout=WAIT)
     stty = child.before.decode(errors="replace")
     child.close()
     # The tty is back in cooked mode: canonical input, echo, signals.
@@ -114,7 +111,7 @@ def test_model_worker_failure_then_key_handler_exception(tmp_path, tokentree_hom
     _seed_session(db)
     child = _spawn(tmp_path, tokentree_home, db, TOKENTREE_TEST_RAISE_IN="remove_branch")
     try:
-        child.expect("failed", timeout=30)  # the worker's exception, shown in the status bar
+        child.expect("failed", timeout=WAIT)  # the worker's exception, shown in the status bar
         before = _read_events(db)
         seen = _type(child, "hhd", db)  # still working after the worker failed
         assert len(seen) > len(before) and child.isalive()
@@ -131,16 +128,22 @@ def test_model_worker_failure_then_key_handler_exception(tmp_path, tokentree_hom
 
 
 def test_quit_while_the_model_loads_is_prompt(tmp_path, tokentree_home):
-    """ctrl+q must not wait for a model load still running (the real torch import here, no
-    stubs): the worker is a daemon thread. It used to be a ThreadPoolExecutor thread, which
-    the interpreter joins at exit: quitting during a load hung for the whole load."""
+    """ctrl+q must not wait for a model load still running: the worker is a daemon thread.
+    It used to be a ThreadPoolExecutor thread, which the interpreter joins at exit: quitting
+    during a load hung for the whole load. Here the load is held until a file appears that
+    never does (tests/child_hooks.py), so it is certainly still running when ctrl+q comes,
+    and an exit at all (within the generous deadline) is an exit that did not wait for it:
+    no time limit to tune, however busy the machine is."""
     db = tmp_path / "quit.db"
     _seed_session(db)
     env = dict(os.environ, TOKENTREE_HOME=str(tokentree_home), TERM="xterm-256color", LANG="C.UTF-8")
-    child = spawn_app(db, env)  # up; the model load is still importing torch
+    env = with_hooks(env, tmp_path / "hooks", TOKENTREE_TEST_HOLD_LOAD=str(tmp_path / "never"))
+    # The screen is up, its status line saying the model is loading (held: only the file
+    # that never appears would let it go on).
+    child = spawn_app(db, env, ready=r"loading [^\n]*ctrl\+q: quit")
     try:
         child.sendcontrol("q")
-        child.expect(pexpect.EOF, timeout=5)
+        child.expect(pexpect.EOF, timeout=WAIT)
         child.close()
         assert child.exitstatus == 0
     finally:
