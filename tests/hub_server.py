@@ -11,8 +11,10 @@ but only the endpoints tokentree's download (huggingface_hub's `model_info` and
 
 An unknown repository is 404 with `X-Error-Code: RepoNotFound` (huggingface_hub raises
 RepositoryNotFoundError for it), an unknown file 404 `EntryNotFound`, anything else a plain
-404. Every request is recorded in `requests` as (method, path). `throttle` (bytes per second)
-slows down the weights, so a test can interrupt a download in the middle.
+404. Every request is recorded in `requests` as (method, path). With `stall` set, the weights
+stop after their first chunk until `release()` (`stalled` is set once that chunk is sent), so
+a test can interrupt a download in the middle: a state it waits for, not a moment it hopes
+to hit while the bytes trickle in.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import hashlib
 import json
 import re
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -38,7 +39,9 @@ class FakeHub:
         self.repos = {name: {p.name: p.read_bytes() for p in sorted(Path(d).iterdir()) if p.is_file()}
                       for name, d in repos.items()}
         self.requests: list[tuple[str, str]] = []
-        self.throttle: float | None = None  # bytes per second for *.safetensors, None: full speed
+        self.stall = False  # True: *.safetensors stop after their first chunk until release()
+        self.stalled = threading.Event()  # a stalled download has sent its first chunk
+        self._released = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -56,7 +59,12 @@ class FakeHub:
         self._thread.start()
         return self
 
+    def release(self) -> None:
+        """Let every stalled download go on."""
+        self._released.set()
+
     def __exit__(self, *exc) -> None:
+        self.release()
         self._server.shutdown()
         self._server.server_close()
 
@@ -111,12 +119,11 @@ class FakeHub:
                    "Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
         if start:
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-        slow = self.throttle if name.endswith(".safetensors") else None
-        self._send(h, 206 if start else 200, data[start:], headers, body=body, throttle=slow)
+        stall = self.stall and name.endswith(".safetensors")
+        self._send(h, 206 if start else 200, data[start:], headers, body=body, stall=stall)
 
-    @staticmethod
-    def _send(h, status: int, data: bytes, headers: dict | None = None, *, body: bool = True,
-              throttle: float | None = None) -> None:
+    def _send(self, h, status: int, data: bytes, headers: dict | None = None, *, body: bool = True,
+              stall: bool = False) -> None:
         try:
             h.send_response(status)
             for key, value in (headers or {}).items():
@@ -127,9 +134,10 @@ class FakeHub:
                 return
             for i in range(0, len(data), _CHUNK):
                 h.wfile.write(data[i : i + _CHUNK])
-                if throttle:
+                if stall and i == 0:
                     h.wfile.flush()
-                    time.sleep(_CHUNK / throttle)
+                    self.stalled.set()
+                    self._released.wait(600)  # never forever: a test that forgot release()
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client went away (a test interrupted it)
 
