@@ -35,13 +35,19 @@ def test_offline_without_the_default_the_bundled_model_opens_then_its_gguf_exten
         smollm2, tmp_path, monkeypatch, tokentree_home):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))  # no Qwen in this cache
     term = Terminal(["-i", str(GSM8K)], tmp_path)  # no config.toml here: the built-in default
-    screen = term.wait_for(" idle ", "SmolLM2-135M-Instruct \u00b7 cpu \u00b7 float32", "\u23ce ")
+
+    def first_row(text: str) -> str:
+        return next((line for line in text.splitlines() if "\u25b6   1 " in line), "")
+
+    # The note is kept in the status line ("exploring"); the selected top row is the newline
+    # after "#### 72", with its probability: all on one whole frame.
+    term.wait_until(lambda text: all(n in text for n in (" idle ", "SmolLM2-135M-Instruct \u00b7 cpu \u00b7 float32",
+                                                         "\u23ce ", "exploring"))
+                    and "\u23ce" in first_row(text) and "%" in first_row(text),
+                    "idle, the bundled model, the note, the newline as the top candidate")
     said = term.raw.decode("utf-8", "replace")  # printed before the screen opened
     assert f"tokentree: Qwen/Qwen2.5-0.5B is not in the Hugging Face cache and the hub is off (HF_HUB_OFFLINE): {NOTE}" in said
-    assert "exploring" in screen  # and kept in the status line
-    row = next(line for line in screen.splitlines() if "\u25b6   1 " in line)
-    assert "\u23ce" in row and "%" in row  # the newline after "#### 72", with its probability
-    term.keys(RIGHT, settle="+1 ")
+    term.keys(RIGHT, settle=("+1 ", " idle "))  # appended and its node computed
     term.keys(CTRL_Q)
     assert term.finish() == 0
     store = Store.open(default_db_path())
@@ -56,7 +62,7 @@ def test_offline_without_the_default_the_bundled_model_opens_then_its_gguf_exten
     # the tree (its numbers are cached under its own fingerprint).
     term = Terminal(["--resume", "last", "--backend", "llama"], tmp_path)
     term.wait_for(" idle ", "+1 ", "next token \u00b7 30 shown")
-    term.keys(RIGHT, settle="+2 ")
+    term.keys(RIGHT, settle=("+2 ", " idle "))
     term.keys(CTRL_Q)
     assert term.finish() == 0
     store = Store.open(default_db_path())

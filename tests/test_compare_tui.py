@@ -219,15 +219,16 @@ def test_pty_branch_diff_then_export(tmp_path, tiny_model):
     term.keys(RIGHT, settle="+1 ")
     term.keys(RIGHT, settle="+2 ")
     term.keys("d", settle="branches \u00b7 2")
-    term.keys(LEFT, DOWN, RIGHT)
-    term.wait_for(" idle ")
-    term.keys("c", settle="enter: compare")
+    term.keys(LEFT, settle="+1 ")  # the copy popped back (both were +2)
+    term.keys(DOWN, RIGHT)  # and on with the second candidate: +2 again, another token
+    # Both branches +2 and idle on one frame: the right arrow was taken and its node computed.
+    term.wait_until(lambda text: text.count("+2 ") >= 2 and "+1 " not in text and " idle " in text,
+                    "both branches at +2, idle")
+    term.keys("c", settle=("enter: compare", "\u25c6 story"))
     save("picker.txt", term.text)
-    assert "\u25c6 story" in term.text
     term.keys(ENTER, settle="branch diff \u00b7")
-    term.wait_for("shared tokens", "total", "ppl")
+    term.wait_for("shared tokens", "total", "ppl", "logp A", "\u0394 A\u2212B")
     save("diff.txt", term.text)
-    assert "logp A" in term.text and "\u0394 A\u2212B" in term.text
     term.keys(ESC)
     term.wait_for("next token")
     term.keys(CTRL_Q)
@@ -253,24 +254,20 @@ def test_pty_compare_model_then_resume_from_the_cache(tmp_path, tiny_model, twin
     other = str(twin_models[1])
     term = Terminal(["--model", str(tiny_model), "--compare-model", other, "--input", str(prompt)], tmp_path)
     term.wait_for("Once upon a time", " idle ", " cmp ", "vs qwen2-seed1: KL \u2265")
-    term.keys(RIGHT, settle="+1 ")
-    term.wait_for(" idle ", "vs qwen2-seed1: KL")
+    # "+1 " and idle on one whole frame: the append's node (and its compare numbers) computed.
+    term.keys(RIGHT, settle=("+1 ", " idle ", "vs qwen2-seed1: KL", "cmp: p under qwen2-seed1"))
     save("compare.txt", term.text)
-    assert "cmp: p under qwen2-seed1" in term.text
-    term.keys("e", "e", "e", "e", settle="disagreement view")
-    term.wait_for(" idle ")
+    term.keys("e", "e", "e", "e", settle=("disagreement view", " idle ", "|\u0394 log p| between the two models"))
     save("disagreement.txt", term.text)
-    assert "|\u0394 log p| between the two models" in term.text
     term.keys(CTRL_Q)
     assert term.finish() == 0
 
     # Resumed with the same compare model: the numbers are in the cache.
     term = Terminal(["--resume", "last", "--compare-model", other], tmp_path)
-    early = term.wait_for("vs qwen2-seed1: KL \u2265", " cmp ")
+    term.wait_for("vs qwen2-seed1: KL \u2265", " cmp ", "%")
     term.wait_for(" idle ")
     term.keys(CTRL_Q)
     assert term.finish() == 0
-    assert "%" in early
 
 
 @pytest.fixture(scope="module")

@@ -111,8 +111,9 @@ def test_an_append_during_a_prefetch_waits_for_at_most_that_step(store):
         worker.submit(task)
         assert worker.pending == 2
         gate.set()
-        deadline = time.monotonic() + 10
-        while worker.pending and time.monotonic() < deadline:
+        deadline = time.monotonic() + 120  # a deadline for the state, generous on a busy machine
+        while worker.pending:
+            assert time.monotonic() < deadline, f"{worker.pending} job(s) still pending"
             worker.deliver()
             time.sleep(0.01)
         assert engine.forward_passes == 2  # the prefetch's step, then the append's
