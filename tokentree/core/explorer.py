@@ -176,7 +176,6 @@ class Explorer:
         """A task on `slot`'s model that the worker runs: it frees the queue when done, and a
         transient failure (down, timed out, 5xx) backs the slot off instead of failing."""
         def finish(result: Any) -> None:
-            self._in_flight = None
             if slot.answered():  # the server answers again
                 self.error = None
                 self.message = f"{slot.who}the server answers again"
@@ -187,7 +186,6 @@ class Explorer:
                 self.error = f"{slot.who}{exc}"
 
         def fail(exc: BaseException) -> None:
-            self._in_flight = None
             if getattr(exc, "transient", False) and key != ("load",):
                 wait = slot.back_off()  # nothing recorded is lost; retried after the wait
                 self.error = f"{slot.who}{exc} (retrying in {wait:.0f} s; the tree stays browsable)"
@@ -196,7 +194,7 @@ class Explorer:
             log.error("%s%s failed", slot.who, label, exc_info=exc)
             self.error = f"{slot.who}{label} failed: {exc}"
 
-        return Task(label=label, run=run, finish=finish, fail=fail)
+        return self.task(label, run, finish, fail)
 
     def task(self, label: str, run: Callable[[], Any], finish: Callable[[Any], None],
              fail: Callable[[BaseException], None]) -> Task:

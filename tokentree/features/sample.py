@@ -45,9 +45,9 @@ class Sample(Feature):
         core.message = f"sampling {explore.sample_count} continuations ({describe(settings)}, seed {seed}){under}"
 
     def next_task(self, idle: bool):
+        if idle or self._requested is None:
+            return None  # a key asked for it: it runs before the main model's planned work
         job, self._requested = self._requested, None
-        if job is None or idle:
-            return None
         core, engine = self.core, self.core.engine
         return core.model_task(core.main, job.failure_key, job.label, lambda: jobs.execute(job, engine),
                                lambda result: self._record(job, result))

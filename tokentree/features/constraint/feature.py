@@ -240,13 +240,10 @@ class Constraint(Feature):
         if not mask.position.allowed_count:
             return mask.blocked()
         since = [n.token_id for n in path[rule.depth:]]
-        pattern, vocabulary = rule.pattern, entry.vocabulary
-        own: list[ConstraintIndex] = []
+        own = ConstraintIndex(rule.pattern, entry.vocabulary)  # a matcher of its own, used by the worker only
 
         def allowed(drawn) -> bytes:
-            if not own:
-                own.append(ConstraintIndex(pattern, vocabulary))  # in the worker: a matcher of its own
-            return own[0].position([*since, *drawn]).mask
+            return own.position([*since, *drawn]).mask
 
         return allowed
 
