@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -163,7 +164,10 @@ def test_llama_cpp_on_the_q4_gguf_agrees_with_the_checkpoint(smollm2, reference)
     """The Q4_1 GGUF on llama.cpp against the float64 forward of the checkpoint dequantized
     from the same file: llama.cpp quantizes activations for its matrix products, so they
     differ by a measured error (printed); the order of the top 5 agrees wherever two of them
-    are further apart than that error."""
+    are further apart than that error. The error depends on the SIMD kernels llama.cpp was
+    built with (its source build is -march=native): the worst node measured 0.08-0.10 on
+    AVX2 and 0.103 on AVX-512 VNNI, the median 0.011. A wrong position, token or weight moves
+    most nodes by far more than this (scored one position off, the median is 0.55)."""
     from tokentree.lm.llama import LlamaBackend
 
     backend = LlamaBackend(smollm2.gguf, threads=2, top_k=64)
@@ -173,20 +177,21 @@ def test_llama_cpp_on_the_q4_gguf_agrees_with_the_checkpoint(smollm2, reference)
     finally:
         backend.close()
     probs = forward_probs(reference, ids, 49152)
-    worst_abs, worst_rel_top1, nodes = 0.0, 0.0, 0
+    worst_abs, worst_rel_top1, nodes, per_node = 0.0, 0.0, 0, []
     for k, out in enumerate(outs):
         ref = probs[k]
         got = dict(zip(out.next.top_ids, out.next.top_probs))
-        for token, p in got.items():
-            worst_abs = max(worst_abs, abs(p - float(ref[token])))
+        per_node.append(max(abs(p - float(ref[token])) for token, p in got.items()))
+        worst_abs = max(worst_abs, per_node[-1])
         top1 = int(ref.argmax())
         if top1 in got:
             worst_rel_top1 = max(worst_rel_top1, abs(got[top1] - float(ref[top1])) / float(ref[top1]))
         nodes += 1
     print(f"\nllama.cpp Q4_1 vs float64 forward of the dequantized checkpoint over {nodes} gsm8k nodes: "
           f"max |dp| over the top 64 = {worst_abs:.4f}, max relative error of the top-1 probability = "
-          f"{worst_rel_top1:.3f}")
-    assert worst_abs < 0.1
+          f"{worst_rel_top1:.3f}, median node {statistics.median(per_node):.4f}")
+    assert statistics.median(per_node) < 0.03
+    assert worst_abs < 0.2
     disagreements = 0
     for k, out in enumerate(outs):
         ref = probs[k]
