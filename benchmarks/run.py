@@ -458,9 +458,9 @@ def bench_model(res: Results, plan: Plan, work: Path, log) -> None:
         # --- analysis views: --layer_prob (layer view) and the influence view
         log(f"prefix {L}: appends with influence + layer probabilities")
         while explorer.prompt_view != "influence":
-            explorer.cycle_prompt_view()
+            explorer.features.views.cycle_prompt_view()
         while explorer.layer_view != "layer":
-            explorer.cycle_layer_view()
+            explorer.features.views.cycle_layer_view()
         key_to_data(lambda: None)  # the analysis of the current node (and warm-up of eager attention)
         n_swa, n_an = len(probe.samples["step_with_analysis"]), len(probe.samples["analyze"])
         an_t, an_c = [], []
@@ -481,9 +481,9 @@ def bench_model(res: Results, plan: Plan, work: Path, log) -> None:
                 baseline="Engine.step", ratio=median(an_swa) * 1000 / step_ms, passes=an_passes,
                 note=f"step + influence + logit lens in one pass; separate analyze calls: {an_extra}")
         while explorer.prompt_view != "plain":
-            explorer.cycle_prompt_view()
+            explorer.features.views.cycle_prompt_view()
         while explorer.layer_view != "off":
-            explorer.cycle_layer_view()
+            explorer.features.views.cycle_layer_view()
 
         bench_fill(L)
         bench_sample(L)

@@ -221,6 +221,7 @@ class _StubEngine:
         self.info = self.loaded
         self.capabilities = Capabilities()
         self.forward_passes = 0
+        self.special_ids = frozenset
 
     def _fail(self, *args, **kwargs):
         self.forward_passes += 1

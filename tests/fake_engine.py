@@ -66,6 +66,15 @@ class FakeEngine:
     def token_bytes(self, ids) -> dict[int, bytes]:
         return {i: VOCAB[i] for i in ids if 0 <= i < len(VOCAB)}
 
+    def special_ids(self) -> frozenset[int]:
+        return frozenset(SPECIAL)
+
+    def chat_template(self):
+        return None  # no chat template: a chat prompt is refused (tests of chat use real tokenizers)
+
+    def encode_special(self, text: str) -> list[int]:
+        return self.encode(text)
+
     def _probs(self, prefix) -> list[float]:
         seed = int.from_bytes(hashlib.sha256(repr(tuple(prefix)).encode()).digest()[:8], "big")
         rng = random.Random(seed)

@@ -189,7 +189,7 @@ def _apply(explorer, store, sid: int, command: str) -> None:
         elif command == "save":
             explorer.features.branches.save_branch()
         elif command == "view":
-            explorer.cycle_prompt_view()
+            explorer.features.views.cycle_prompt_view()
         elif command == "snapshot":
             explorer.snapshot(with_tree=True)
     except TokentreeError as exc:

@@ -236,7 +236,7 @@ def test_kl_and_tv_of_two_tiny_models_against_a_direct_computation(store, twin_m
             assert q[row.token_id] <= row.compare + 1e-6
     # The disagreement view: |Δ log p| per token, from each model's own token probability.
     while ex.prompt_view != "disagreement":
-        ex.cycle_prompt_view()
+        ex.features.views.cycle_prompt_view()
     values = [t.value for t in ex.snapshot().prompt]
     assert values[0] is None
     for k in range(1, len(ids)):
@@ -298,12 +298,12 @@ def test_disagreement_view_only_with_a_compare_model(store):
     ex = explorer(store, sid, engine)
     seen = []
     for _ in range(6):
-        ex.cycle_prompt_view()
+        ex.features.views.cycle_prompt_view()
         seen.append(ex.prompt_view)
     assert "disagreement" not in seen and seen[:4] == ["probability", "entropy", "influence", "plain"]
     ex.features.compare.set_model("fake-other", "fake-other|float32", engine=OtherFake())
     while ex.prompt_view != "disagreement":
-        ex.cycle_prompt_view()
+        ex.features.views.cycle_prompt_view()
     assert ex.snapshot().view_pending  # the compare model has not run yet
     ex.run_jobs_inline()
     snap = ex.snapshot()

@@ -52,7 +52,7 @@ def test_prompt_is_one_pass_and_first_token_has_no_distribution(store, engine):
     assert prompt_text(ex) == " the cat sat"
     assert len(snap.candidates) == 5 and snap.candidates[0].rank == 1 and not snap.waiting
     assert snap.status.origin == "forward" and snap.status.ms is not None
-    ex.cycle_prompt_view()
+    ex.features.views.cycle_prompt_view()
     values = [t.value for t in ex.snapshot().prompt]
     assert values[0] is None and all(v is not None for v in values[1:])  # first token: n/a
 
@@ -212,7 +212,7 @@ def test_reset_and_stats(store, engine):
     row = ex.snapshot().branches[0]
     probs = [t.value for t in ex.snapshot().prompt]  # plain view: values unused
     assert row.appended == 2 and row.logprob is not None and probs
-    ex.cycle_prompt_view()
+    ex.features.views.cycle_prompt_view()
     appended = [t.value for t in ex.snapshot().prompt if t.appended]
     assert row.logprob == pytest.approx(sum(math.log(p) for p in appended))
     assert row.perplexity == pytest.approx(math.exp(-row.logprob / 2))
@@ -230,7 +230,7 @@ def test_pop_stops_at_the_first_token(store, engine):
 def test_influence_is_computed_once_and_cached(store, engine):
     ex = explorer_for(store, engine, {"cat": " the cat sat"})
     for _ in range(3):
-        ex.cycle_prompt_view()
+        ex.features.views.cycle_prompt_view()
     assert ex.prompt_view == "influence" and ex.snapshot().view_pending
     ex.run_jobs_inline()
     snap = ex.snapshot()
@@ -241,20 +241,20 @@ def test_influence_is_computed_once_and_cached(store, engine):
     again = Explorer(store, ex.session_id, config=CONFIG)
     again.attach_engine(engine)
     for _ in range(3):
-        again.cycle_prompt_view()
+        again.features.views.cycle_prompt_view()
     assert again.run_jobs_inline() == 0 and engine.analyze_calls == 1  # from the store
 
 
 def test_layer_view_needs_layer_prob(store, engine):
     ex = explorer_for(store, engine)
-    ex.cycle_layer_view()
+    ex.features.views.cycle_layer_view()
     assert ex.layer_view == "off" and "--layer_prob" in ex.message
     ex = explorer_for(store, engine, layer_prob=True)
-    ex.cycle_layer_view()
+    ex.features.views.cycle_layer_view()
     ex.run_jobs_inline()
     snap = ex.snapshot()
     assert snap.num_layers == 4 and all(len(r.layers) == 4 for r in snap.candidates)
-    ex.cycle_layer_view()
+    ex.features.views.cycle_layer_view()
     assert max(ex.snapshot().candidates[1].layers) == pytest.approx(1.0)  # normalized per row
 
 
@@ -265,12 +265,12 @@ def test_layer_views_say_when_the_model_has_no_faithful_lens(store, engine):
 
     note = "not available for this model (soft-capped logits)"
     ex = explorer_for(store, engine, layer_prob=True)
-    ex.cycle_layer_view()
+    ex.features.views.cycle_layer_view()
     assert ex.layer_view == "layer"
     engine.capabilities = replace(engine.capabilities, layer_lens=False, layer_lens_note=note)
     ex.attach_engine(engine)  # e.g. the model loaded after a resume
     assert ex.layer_view == "off" and note in ex.message
-    ex.cycle_layer_view()
+    ex.features.views.cycle_layer_view()
     assert ex.layer_view == "off" and note in ex.message
     calls = engine.analyze_calls + engine.step_analysis_calls
     ex.append()
@@ -392,8 +392,8 @@ def test_new_node_in_an_analysis_view_is_one_forward_pass(store, engine):
     `step_with_analysis`), not a step and then an analysis."""
     ex = explorer_for(store, engine, {"cat": " the cat sat"}, layer_prob=True)
     while ex.prompt_view != "influence":
-        ex.cycle_prompt_view()
-    ex.cycle_layer_view()
+        ex.features.views.cycle_prompt_view()
+    ex.features.views.cycle_layer_view()
     ex.run_jobs_inline()  # the prompt's own analysis
     passes, analyses = engine.forward_passes, engine.analyze_calls
     for k in range(3):
@@ -409,8 +409,8 @@ def test_new_node_in_an_analysis_view_is_one_forward_pass(store, engine):
     again = Explorer(store, ex.session_id, config=CONFIG, layer_prob=True)
     again.attach_engine(engine)
     while again.prompt_view != "influence":
-        again.cycle_prompt_view()
-    again.cycle_layer_view()
+        again.features.views.cycle_prompt_view()
+    again.features.views.cycle_layer_view()
     assert again.run_jobs_inline() == 0
     a, b = again.snapshot(), ex.snapshot()
     assert (a.prompt, a.candidates, a.num_layers) == (b.prompt, b.candidates, b.num_layers)

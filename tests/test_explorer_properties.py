@@ -94,7 +94,7 @@ def run(ex: Explorer, command: str) -> None:
     elif command == "save":
         ex.features.branches.save_branch()
     elif command == "view":
-        ex.cycle_prompt_view()
+        ex.features.views.cycle_prompt_view()
     elif command == "jobs":
         ex.run_jobs_inline()
     else:  # pragma: no cover

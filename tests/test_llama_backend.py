@@ -308,9 +308,9 @@ def test_a_session_explores_resumes_from_the_cache_and_exports(tiny_gguf, hf):
         ex.features.sample.start()
         ex.run_jobs_inline()
         for _ in range(3):
-            ex.cycle_prompt_view()
+            ex.features.views.cycle_prompt_view()
         assert ex.prompt_view == "plain" and "needs the transformers backend" in ex.message  # no influence
-        ex.cycle_layer_view()
+        ex.features.views.cycle_layer_view()
         assert ex.layer_view == "off" and "needs the transformers backend" in ex.message
         snap = ex.snapshot()
         assert [b.name for b in snap.branches][-2:] == ["sample 1", "sample 2"]

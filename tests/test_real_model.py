@@ -83,20 +83,20 @@ def test_screen_and_export_equal_a_plain_forward_on_the_real_model(engine, refer
         assert snap.last_rank == rank_of(probs[-2], ids[-1])
 
         # The probability and entropy views colour every prompt token by the same numbers.
-        ex.cycle_prompt_view()
+        ex.features.views.cycle_prompt_view()
         assert ex.prompt_view == "probability"
         values = [t.value for t in ex.snapshot().prompt]
         assert values[0] is None  # SmolLM2 adds no BOS: nothing predicts the first token
         for k in range(1, len(ids)):
             assert values[k] == pytest.approx(float(probs[k - 1][ids[k]]), rel=REL)
-        ex.cycle_prompt_view()
+        ex.features.views.cycle_prompt_view()
         assert ex.prompt_view == "entropy"
         values = [t.value for t in ex.snapshot().prompt]
         for k in range(1, len(ids)):
             assert values[k] == pytest.approx(entropy_of(probs[k - 1]) / math.log(vocab), rel=REL)
 
         # Influence and its sink share at the tip: the definition written out on eager attention.
-        ex.cycle_prompt_view()
+        ex.features.views.cycle_prompt_view()
         assert ex.prompt_view == "influence"
         ex.run_jobs_inline()
         snap = ex.snapshot()
@@ -111,7 +111,7 @@ def test_screen_and_export_equal_a_plain_forward_on_the_real_model(engine, refer
         print(f"\nsink share at the tip of the gsm8k branch ({len(ids)} tokens): {sink:.3f}")
 
         # The logit lens: every layer's probability of each shown candidate.
-        ex.cycle_layer_view()
+        ex.features.views.cycle_layer_view()
         assert ex.layer_view == "layer"
         ex.run_jobs_inline()
         snap = ex.snapshot()

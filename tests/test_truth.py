@@ -85,7 +85,7 @@ def test_a_soft_capped_model_says_its_layer_views_are_not_available(tiny_models,
         ex = Explorer(store, sid, config=CONFIG, layer_prob=True)
         ex.attach_engine(engine)
         ex.run_jobs_inline()
-        ex.cycle_layer_view()
+        ex.features.views.cycle_layer_view()
         assert ex.layer_view == "off" and "not available for this model" in ex.message
         snap = ex.snapshot()
         assert snap.num_layers == 0 and all(row.layers is None for row in snap.candidates)

@@ -272,7 +272,7 @@ def test_a_misnamed_handler_fails_when_the_app_is_built(store):
     engine = FakeEngine()
     sid = new_session(store, engine, {"cat": " the cat"})
     ex = Explorer(store, sid, config=CONFIG, model_name=engine.loaded.name)
-    typo = Command("jump", ("z",), "jump", target="explorer", method="jmup")
+    typo = Command("jump", ("ctrl y",), "jump", target="explorer", method="jmup")
     with pytest.raises(AttributeError, match="jmup"):
         ExplorerApp(ex, Keymap(COMMANDS + (typo,)), worker=InlineWorker())
 

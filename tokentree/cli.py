@@ -29,7 +29,12 @@ def build_app_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tokentree {__version__}")
     parser.add_argument("-i", "--input", action="append", metavar="FILE", default=[],
-                        help="prompt file; repeat for several root prompts (default: [prompt] example_prompt)")
+                        help="prompt file; repeat for several root prompts (default: [prompt] example_prompt); "
+                             "a .json or .jsonl file is a conversation, formatted with the model's chat template")
+    parser.add_argument("--chat", action="store_true",
+                        help="a plain prompt file is one user message, in the model's chat template")
+    parser.add_argument("--system", metavar="TEXT|@FILE",
+                        help="add a system message to each conversation (implies --chat)")
     parser.add_argument("--model", metavar="NAME_OR_PATH",
                         help="Hugging Face model name or local directory, a .gguf file, or smollm2 (the "
                              "bundled SmolLM2-135M-Instruct); `tokentree models` lists what is here")

@@ -26,7 +26,8 @@ CONTEXTS = (GLOBAL, EXPLORER, TEXT, PICKER)
 
 # Targets: the object whose method handles the command: the explorer core, the urwid app,
 # or a feature by its name (tokentree/features/, each a `Feature.name`).
-TARGETS = ("explorer", "app", "branches", "fill", "sample", "forks", "search", "sampler", "constraint", "compare")
+TARGETS = ("explorer", "app", "branches", "fill", "sample", "forks", "search", "sampler", "constraint", "compare",
+           "views", "chat")
 
 
 @dataclass(frozen=True)
@@ -84,9 +85,9 @@ COMMANDS: tuple[Command, ...] = (
             "is one change)",
             target="explorer", method="undo"),
     Command("cycle_view", ("e",), "prompt view: plain, probability, entropy, attention influence",
-            target="explorer", method="cycle_prompt_view"),
+            target="views", method="cycle_prompt_view"),
     Command("cycle_layer_view", ("p",), "layer view: off, layer probabilities, layer-normalized",
-            target="explorer", method="cycle_layer_view"),
+            target="views", method="cycle_layer_view"),
     Command("toggle_tree", ("t",), "show or hide the tree overview",
             target="app", method="toggle_tree"),
     Command("save_branch", ("x",), "save the branch text under the saved-prompts dir",
@@ -121,6 +122,10 @@ COMMANDS: tuple[Command, ...] = (
             target="constraint", method="toggle"),
     Command("cycle_constraint", ("R",), "next regex constraint (prompts/structs, [structs]), in place of one on",
             target="constraint", method="cycle"),
+    Command("add_turn", ("m",), "chat: type the next user message (enter): the assistant answers after it",
+            target="app", method="open_message"),
+    Command("fold_turns", ("z",), "chat: fold the turns before the last user message, or show them",
+            target="chat", method="toggle_fold"),
     Command("compare", ("c",), "compare the branch with another, token by token (pick it, enter)",
             target="app", method="open_compare"),
     Command("pick_up", ("up", "k", "w"), "picker: previous item; a view: scroll up",

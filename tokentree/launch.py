@@ -13,6 +13,7 @@ import argparse
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from tokentree.config import Config, load_config
@@ -65,6 +66,8 @@ def launch(args: argparse.Namespace) -> int:
     setup_logging()
     if args.resume and args.input:
         raise InputError("--resume and --input cannot be combined: a resumed session keeps its prompts")
+    if args.resume and (getattr(args, "chat", False) or getattr(args, "system", None) is not None):
+        raise InputError("--chat and --system start a new session; a resumed session keeps its prompts")
     if args.resume:
         return _resume(args, config, db_path(args.db))
     return _new_session(args, config, db_path(args.db))
@@ -72,7 +75,7 @@ def launch(args: argparse.Namespace) -> int:
 
 def _new_session(args: argparse.Namespace, config: Config, db: Path) -> int:
     paths = [Path(p) for p in args.input] or [default_prompt_path(config.prompt.example_prompt)]
-    texts = [read_prompt(p) for p in paths]
+    inputs = [read_root(p, chat=getattr(args, "chat", False), system=getattr(args, "system", None)) for p in paths]
     require_terminal()  # after the inputs' own checks, before anything is written or loaded
     from tokentree.store import Store
 
@@ -84,22 +87,25 @@ def _new_session(args: argparse.Namespace, config: Config, db: Path) -> int:
         load_engine = None
         if quick is None:  # load first, then draw
             engine = _load_engine(args, config, model_name)
-            prompts = _root_prompts(paths, texts, engine.encode, engine.info.context_length)
+            prompts, chat = _root_prompts(inputs, engine, name=engine.info.name, limit=engine.info.context_length)
             compare = prepare_compare(args, config, vocab_key=engine.info.vocab_key, session_model=engine.info.name)
-            session_id = _start_session(store, engine.info, prompts)
+            session_id = _start_session(store, engine.info, prompts, chat=chat)
             explorer = _explorer(store, session_id, config, args, model_name=engine.info.name)
             explorer.attach_engine(engine)
         else:  # draw now; the table fills in when the model has loaded
-            prompts = _root_prompts(paths, texts, quick.encode, quick.context_length)
+            prompts, chat = _root_prompts(inputs, quick, name=quick.name, limit=quick.context_length)
             compare = prepare_compare(args, config, vocab_key=quick.vocab_key, session_model=quick.name)
-            # The prompt's token bytes too, so it reads as text before the model is there.
-            store.put_token_bytes(quick.vocab_key, quick.token_bytes({i for _, ids in prompts for i in ids}))
-            session_id = _start_session(store, quick, prompts)
+            # The prompt's token bytes too, so it reads as text before the model is there (its
+            # special tokens marked as such).
+            special = quick.special_ids()
+            store.put_token_bytes(quick.vocab_key, quick.token_bytes({i for p in prompts for i in p.tokens} | special),
+                                  special=special)
+            session_id = _start_session(store, quick, prompts, chat=chat)
             explorer = _explorer(store, session_id, config, args, model_name=quick.name)
 
             def load_engine():
                 engine = _load_engine(args, config, model_name, quiet=True)
-                return _same_tokens(engine, list(zip(texts, prompts)))
+                return _same_tokens(engine, list(zip(inputs, prompts)))
 
         if compare is not None:
             compare.attach(explorer)
@@ -110,6 +116,38 @@ def _new_session(args: argparse.Namespace, config: Config, db: Path) -> int:
         return run_tui(explorer, config, load_engine=load_engine)
     finally:
         store.close()
+
+
+@dataclass(frozen=True)
+class RootInput:
+    """A root prompt as read from its file: plain text, or the messages of a conversation."""
+
+    source: str
+    text: str | None = None
+    messages: tuple[dict[str, str], ...] | None = None
+
+
+@dataclass(frozen=True)
+class RootPrompt:
+    source: str
+    tokens: list[int]
+    messages: tuple[dict[str, str], ...] | None = None
+
+
+def read_root(path: Path, *, chat: bool = False, system: str | None = None) -> RootInput:
+    """A prompt file as a root: a .json / .jsonl conversation, a plain file as one user
+    message with --chat (or --system), else its text. InputError (one line) for a bad file."""
+    from tokentree.chat import conversation
+
+    if conversation.is_conversation_file(path):
+        messages = conversation.read_conversation(path)
+    elif chat or system is not None:
+        messages = conversation.user_message(read_prompt(path))
+    else:
+        return RootInput(str(path), text=read_prompt(path))
+    if system is not None:
+        messages = conversation.with_system(messages, conversation.system_text(system), str(path))
+    return RootInput(str(path), messages=tuple(messages))
 
 
 def _choose_model(args: argparse.Namespace, config: Config) -> tuple[str, str | None]:
@@ -140,17 +178,26 @@ def _prepare_first(args: argparse.Namespace, config: Config, model_name: str) ->
         ensure_checkpoint(chosen.gguf, label=chosen.label or model_name)
 
 
-def _root_prompts(paths, texts, encode, limit: int | None) -> list[tuple[str, list[int]]]:
-    """(source, ids) per prompt file; InputError for one that is empty in tokens or too long."""
-    prompts = []
-    for path, text in zip(paths, texts):
-        tokens = encode(text)
+def _root_prompts(inputs: list[RootInput], loaded, *, name: str, limit: int | None) -> tuple[list[RootPrompt], dict | None]:
+    """The roots' ids, and the chat format where any root is a conversation; InputError for
+    a prompt that is empty in tokens or too long, or a conversation for a model without a
+    chat template."""
+    prompts, chat = [], None
+    for root in inputs:
+        if root.messages is not None:
+            from tokentree.lm.chat import chat_format, require_template
+
+            require_template(loaded, name)
+            tokens = loaded.chat_ids(root.messages)
+            chat = chat or chat_format(loaded)
+        else:
+            tokens = loaded.encode(root.text)
         if not tokens:
-            raise InputError(f"prompt tokenizes to nothing: {path}")
+            raise InputError(f"prompt tokenizes to nothing: {root.source}")
         if limit and len(tokens) >= limit:
-            raise InputError(f"prompt is {len(tokens)} tokens, the model's context is {limit}: {path}")
-        prompts.append((str(path), tokens))
-    return prompts
+            raise InputError(f"prompt is {len(tokens)} tokens, the model's context is {limit}: {root.source}")
+        prompts.append(RootPrompt(root.source, tokens, root.messages))
+    return prompts, chat
 
 
 def _quick_model(args: argparse.Namespace, config: Config, model_name: str):
@@ -188,13 +235,15 @@ def _quick_model(args: argparse.Namespace, config: Config, model_name: str):
     return dataclasses.replace(quick, name=chosen.label) if chosen.label else quick
 
 
-def _same_tokens(engine, prompts: list[tuple[str, tuple[str, list[int]]]]):
+def _same_tokens(engine, prompts: list[tuple[RootInput, RootPrompt]]):
     """The loaded model, if its own tokenizer gives the ids the session was started with and
     its context holds them; else ModelLoadError, which the status line shows while the engine
     is dropped: no numbers are ever recorded for ids the model would not have made."""
     limit = engine.info.context_length
-    for text, (source, tokens) in prompts:
-        if engine.encode(text) != tokens:
+    for root, prompt in prompts:
+        source, tokens = prompt.source, prompt.tokens
+        ids = engine.chat_ids(root.messages) if root.messages is not None else engine.encode(root.text)
+        if ids != tokens:
             problem = f"its own tokenizer splits {source} differently than the quick start did"
         elif limit and len(tokens) >= limit:
             problem = f"{source} is {len(tokens)} tokens, the model's context is {limit}"
@@ -220,16 +269,16 @@ def branch_names(sources: list[str]) -> list[str]:
     return names
 
 
-def _start_session(store, loaded, prompts: list[tuple[str, list[int]]]) -> int:
+def _start_session(store, loaded, prompts: list[RootPrompt], *, chat: dict | None = None) -> int:
     """The session, one branch per root prompt and the focus on the FIRST prompt, all in one
     transaction (a crash never leaves half a session). Each new branch takes the focus as it
     is created, so with several prompts the first is focused again at the end."""
-    sources = [source for source, _ in prompts]
+    sources = [p.source for p in prompts]
     with store.writing() as cmd:
         session_id = cmd.start_session(model_name=loaded.name, fingerprint=loaded.fingerprint,
-                                       vocab_key=loaded.vocab_key, prompt_sources=sources)
-        branch_ids = [cmd.create_branch(session_id, tokens, source=source, name=name)
-                      for (source, tokens), name in zip(prompts, branch_names(sources))]
+                                       vocab_key=loaded.vocab_key, prompt_sources=sources, chat=chat)
+        branch_ids = [cmd.create_branch(session_id, p.tokens, source=p.source, name=name, messages=p.messages)
+                      for p, name in zip(prompts, branch_names(sources))]
         if len(branch_ids) > 1:
             cmd.focus_branch(session_id, branch_ids[0])
     return session_id

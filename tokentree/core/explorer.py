@@ -129,12 +129,8 @@ class Explorer:
             self.screen.model_changed()
         self.main.attach(engine)
         self.error = None
-        if self.prompt_view == "influence" and not engine.capabilities.influence:
-            self.prompt_view = "plain"
-            self.message = f"influence view: {engine.capabilities.influence_note or 'not available'}"
-        if not engine.capabilities.layer_lens and self.layer_view != "off":
-            self.layer_view = "off"  # never draw a lens the model's own output contradicts
-            self.message = f"layer views: {engine.capabilities.layer_lens_note}"
+        for f in self._features:
+            f.attached(engine)
 
     def loading_job(self, load_engine: Callable[[], Any]) -> Task:
         """The task that loads the model in the worker and attaches it when done."""
@@ -322,6 +318,13 @@ class Explorer:
         """What may follow `node` on the focused branch (a feature's Mask), or None."""
         return next((m for f in self._features if (m := f.token_filter(node, out)) is not None), None)
 
+    def stop_ids(self) -> frozenset[int]:
+        """The ids a fill or a sample stops after: the model's (`[explore] fill_stop`) and the features'."""
+        ids = self.engine.stop_ids(self.config.explore.fill_stop)
+        for f in self._features:
+            ids = f.stop_ids(ids)
+        return ids
+
     def sampling_filter(self, path):
         return next((m for f in self._features if (m := f.sampling_filter(path)) is not None), None)
 
@@ -443,29 +446,6 @@ class Explorer:
     def cancel(self) -> bool:
         """esc: the first feature with something to stop stops it. False: nothing to stop."""
         return any(f.cancel() for f in self._features)
-
-    def cycle_prompt_view(self) -> None:
-        views = [v for v in PROMPT_VIEWS if v in self.prompt_views()]
-        view = views[(views.index(self.prompt_view) + 1) % len(views)] if self.prompt_view in views else views[0]
-        caps = self.engine.capabilities if self.engine is not None else None
-        if view == "influence" and caps is not None and not caps.influence:
-            self.message = f"influence view: {caps.influence_note or 'not available for this model'}"
-            view = views[(views.index(view) + 1) % len(views)]
-        self.prompt_view = view
-
-    def prompt_views(self) -> tuple[str, ...]:
-        """The prompt views this session offers (the disagreement view needs a compare model)."""
-        compare = getattr(self.features, "compare", None)
-        return PROMPT_VIEWS if compare is not None and compare.active else PROMPT_VIEWS[:-1]
-
-    def cycle_layer_view(self) -> None:
-        if not self.layer_prob:
-            self.message = "layer views are off: start tokentree with --layer_prob to enable them"
-            return
-        if self.engine is not None and not self.engine.capabilities.layer_lens:
-            self.message = f"layer views: {self.engine.capabilities.layer_lens_note}"
-            return
-        self.layer_view = LAYER_VIEWS[(LAYER_VIEWS.index(self.layer_view) + 1) % len(LAYER_VIEWS)]
 
     # ------------------------------------------------------------------ reads
     def snapshot(self, *, with_tree: bool = False) -> Snapshot:

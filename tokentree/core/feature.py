@@ -19,6 +19,10 @@ The hooks, each a no-op here, are the few things features actually need to hear:
   the second (a function run in the worker, over the tokens drawn so far).
 - `speculate()`: work that may run beside a key's own on a spare worker (a prefetch).
 - `cancel()`: esc. True when it stopped something.
+- `attached(engine)`: the main model is loaded and attached (a chat session marks its
+  special tokens).
+- `stop_ids(ids)`: the ids a fill or a sample stops after, given the model's own (a chat
+  session adds its end-of-turn token).
 
 A feature reads and writes the session only through the core's public methods (`command`,
 `focused_branch`, `view`, `moved`, ...); it never touches the core's or another feature's
@@ -71,3 +75,9 @@ class Feature:
 
     def cancel(self) -> bool:
         return False
+
+    def attached(self, engine) -> None:
+        """The main model `engine` was attached."""
+
+    def stop_ids(self, ids: frozenset[int]) -> frozenset[int]:
+        return ids

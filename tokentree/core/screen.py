@@ -104,6 +104,10 @@ class Screen:
         # The Explorer sets it (features/constraint/feature.py); see candidate_rows.
         self.mask = None
 
+    def texts_changed(self) -> None:
+        """Token texts may read differently (special tokens were just marked): build them again."""
+        self._text, self._values, self._visible, self._outline = _PromptText(), _PromptValues(), {}, Outline()
+
     def model_changed(self) -> None:
         """Outputs are cached per fingerprint: forget every number computed from the old one."""
         self._totals.clear()
@@ -219,7 +223,8 @@ class Screen:
                     more.append((o.token_rank if o else None, c.token_id, o.token_prob if o else None))
                 more.sort(key=lambda r: (r[0] is None, r[0] or 0, r[1]))
                 shown += more
-            pieces = view.pieces(t for _, t, _ in shown)
+            pieces = view.shown_pieces(t for _, t, _ in shown)
+            special = view.special_ids()
         lens = _lens_cells(layer_view, analysis, [t for _, t, _ in shown])
         rows = []
         for k, (rank, token, prob) in enumerate(shown):
@@ -229,7 +234,7 @@ class Screen:
                 text=self._visible_text(token, pieces),
                 prob=prob, explored=child is not None,
                 subtree=sizes.get(child.id, 0) + 1 if child is not None else 0,
-                layers=lens[k] if lens else None,
+                layers=lens[k] if lens else None, special=token in special,
             )
             rows.append(row if mask is None else replace(row, prob=mask.renormalized(prob), raw=prob))
         return rows
@@ -273,7 +278,8 @@ class Screen:
         if start:
             decoder.setstate(text.states[start - 1])
         new = path[start:]
-        pieces = self.view.pieces(node.token_id for node in new)
+        pieces = self.view.shown_pieces(node.token_id for node in new)
+        special = self.view.special_ids()
         stable = start
         for node in new:
             piece = pieces.get(node.token_id)
@@ -317,14 +323,14 @@ class Screen:
             elif prompt_view == "influence" and influence is not None and k < len(influence):
                 value = influence[k]  # None (n/a) at position 0, the sink, and at the last
             tokens.append(PromptToken(text=shown(k), token_id=node.token_id,
-                                      appended=node.depth > root_depth, value=value))
+                                      appended=node.depth > root_depth, value=value,
+                                      special=node.token_id in special))
             if values_stable == k and not missing:
                 values_stable = k + 1  # an output that arrives later changes this token's value
         values.stable = values_stable
         if n and tail:
             last = tokens[-1]
-            return (*tokens[:-1], PromptToken(text=shown(n - 1, tail), token_id=last.token_id,
-                                              appended=last.appended, value=last.value))
+            return (*tokens[:-1], replace(last, text=shown(n - 1, tail)))
         return tuple(tokens)
 
     # ------------------------------------------------------------------ the branch list
@@ -365,7 +371,7 @@ class Screen:
 
     # ------------------------------------------------------------------ the tree pane
     def _join_text(self, ids: list[int]) -> str:
-        return join_pieces(ids, self.view.pieces(ids))
+        return join_pieces(ids, self.view.shown_pieces(ids))
 
     # ------------------------------------------------------------------ the status bar
     def _status(self, state: ScreenState, node, out) -> Status:

@@ -25,6 +25,16 @@ class PromptToken:
     # The view value in [0, 1], or None for "n/a" (first token, not computed yet; in the
     # influence view the first token, the usual attention sink, and the last, the query).
     value: float | None
+    special: bool = False  # a special or control token (its text is its marked name)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A chat turn in the prompt pane: it opens at `start` (an index into Snapshot.prompt)."""
+
+    start: int
+    role: str
+    folded: bool = False  # shown as one line (role, size, its start), not its text
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,7 @@ class CandidateRow:
     # Under a regex constraint `prob` is renormalized over the allowed candidates and this is
     # the model's own probability; None without a constraint.
     raw: float | None = None
+    special: bool = False  # a special or control token
 
 
 @dataclass(frozen=True)
@@ -130,3 +141,4 @@ class Snapshot:
     search: str | None = None  # the active search, e.g. 'search "cat": match 2 of 5'
     compare: CompareInfo | None = None  # the compare model's state and numbers (None: none)
     constraint: ConstraintLine | None = None  # the regex constraint (None: none on, none picked)
+    turns: tuple[Turn, ...] = ()  # a chat session's turns on the focused branch (features/chat.py)

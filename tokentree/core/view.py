@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 from tokentree.errors import StoreError
 from tokentree.outputs import Analysis, NodeOutput
+from tokentree.tree.text import special_piece
 
 # New nodes (by anyone) folded into the tree caches one by one; more at once: drop the caches.
 _NEW_NODES_INCREMENTAL = 256
@@ -46,6 +47,7 @@ class TreeView:
         self._probs: dict[bytes, float | None] = {}  # key -> token_prob, for keys with output
         self._analysis: dict[bytes, Analysis | None] = {}
         self._bytes: dict[int, bytes] = {}
+        self._special: frozenset[int] | None = None
         self._bytes_absent: set[int] = set()  # ids whose bytes are in neither memory nor store
         self._nodes: dict[int, Any] = {}  # id -> Node
         self._links: dict[int, int | None] = {}  # id -> parent id, for every node met
@@ -315,6 +317,23 @@ class TreeView:
             self._bytes.update(got)
             self._bytes_absent.update(i for i in want if i not in got)
         return {i: self._bytes[i] for i in ids if i in self._bytes}
+
+    def special_ids(self) -> frozenset[int]:
+        """The vocabulary's special tokens, as the store has them marked."""
+        if self._special is None:
+            with self.reading() as r:
+                self._special = r.special_ids(self.vocab_key)
+        return self._special
+
+    def specials_changed(self) -> None:
+        self._special = None
+
+    def shown_pieces(self, ids: Iterable[int]) -> dict[int, bytes]:
+        """`pieces` as the screen shows them: a special token marked (⟦<|im_end|>⟧), never
+        the same characters as typed text. Logic (constraints, saving) uses `pieces`."""
+        pieces = self.pieces(ids)
+        special = self.special_ids()
+        return {i: special_piece(p) if i in special else p for i, p in pieces.items()} if special else pieces
 
     def known_byte_ids(self) -> frozenset[int]:
         return frozenset(self._bytes)

@@ -38,7 +38,7 @@ class Fill(Feature):
             core.message = "cannot fill yet: the model is not loaded"
             return
         explore = core.config.explore
-        self._run = _Run(core.focused_branch().id, explore.fill_tokens, core.engine.stop_ids(explore.fill_stop))
+        self._run = _Run(core.focused_branch().id, explore.fill_tokens, core.stop_ids())
         self._advance()
 
     # ------------------------------------------------------------------ hooks

@@ -39,7 +39,7 @@ class Sample(Feature):
             branch_id=branch.id, node_id=branch.node_id, key=path[-1].prefix_key,
             tokens=tuple(n.token_id for n in path),
             count=explore.sample_count, steps=explore.fill_tokens, settings=settings, seed=seed,
-            stop_ids=core.engine.stop_ids(explore.fill_stop), known_bytes=view.known_byte_ids(), allowed=allowed)
+            stop_ids=core.stop_ids(), known_bytes=view.known_byte_ids(), allowed=allowed)
         core.moved(self)  # a running fill ends
         under = " under the regex constraint" if allowed is not None else ""
         core.message = f"sampling {explore.sample_count} continuations ({describe(settings)}, seed {seed}){under}"

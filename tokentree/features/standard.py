@@ -4,6 +4,7 @@ before it forgets a search; a constraint's index is built before the main model'
 from __future__ import annotations
 
 from .branches import Branches
+from .chat import Chat
 from .compare.feature import Compare
 from .constraint.feature import Constraint
 from .fill import Fill
@@ -12,5 +13,6 @@ from .prefetch.feature import Prefetch
 from .sample import Sample
 from .sampler_column import SamplerColumn
 from .search import Search
+from .views import Views
 
-FEATURES = (Constraint, Sample, Fill, Search, Branches, Forks, SamplerColumn, Compare, Prefetch)
+FEATURES = (Constraint, Sample, Fill, Search, Branches, Forks, SamplerColumn, Compare, Prefetch, Chat, Views)

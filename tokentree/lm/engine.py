@@ -42,7 +42,9 @@ import torch
 import tokentree.lm.analysis as analysis
 from tokentree.lm.loader import LoadedModel
 from tokentree.lm.kept import KeptLogits, closest_line, sample_request
-from tokentree.lm.tokens import TokenBytes
+from tokentree.errors import InputError
+from tokentree.lm.chat import ChatTemplate
+from tokentree.lm.tokens import TokenBytes, added_tokens
 from tokentree.outputs import Analysis, Capabilities, ModelInfo, NodeOutput
 
 _SUMMARY_ROWS = 16  # rows per analysis.summarize call: [16, V] temporaries stay in the CPU cache
@@ -141,6 +143,34 @@ class Engine:
     def token_bytes(self, ids: Iterable[int]) -> dict[int, bytes]:
         """Raw bytes of each token; special tokens give their name as UTF-8."""
         return self._token_bytes(ids)
+
+    def special_ids(self) -> frozenset[int]:
+        """The tokenizer's special and control tokens (drawn as what they are)."""
+        tokenizer = self.loaded.tokenizer
+        marked = {i for i, (_, special) in added_tokens(tokenizer).items() if special}
+        return frozenset(i for i in (*tokenizer.all_special_ids, *marked) if 0 <= i < self.vocab_size)
+
+    # ------------------------------------------------------------------ chat
+    def chat_template(self) -> ChatTemplate | None:
+        tokenizer = self.loaded.tokenizer
+        template = tokenizer.chat_template
+        if isinstance(template, dict):  # several named templates: the default one
+            template = template.get("default")
+        if not template:
+            return None
+        return ChatTemplate(template, tokenizer.bos_token or "", tokenizer.eos_token or "")
+
+    def encode_special(self, text: str) -> list[int]:
+        return list(self.loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def chat_ids(self, messages, *, add_generation_prompt: bool = True) -> list[int]:
+        """The ids transformers' own apply_chat_template gives (never text re-tokenized)."""
+        try:
+            out = self.loaded.tokenizer.apply_chat_template(list(messages), tokenize=True,
+                                                            add_generation_prompt=add_generation_prompt)
+        except Exception as exc:  # noqa: BLE001 -- jinja2's errors, raise_exception, a missing template
+            raise InputError(f"the model's chat template failed: {' '.join(str(exc).split())}") from None
+        return list(out["input_ids"] if not isinstance(out, list) else out)
 
     # ------------------------------------------------------------------ model calls
     def prefill(self, tokens: Sequence[int]) -> list[NodeOutput]:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from tokentree.lm.chat import ChatTemplate, render_ids
 from tokentree.lm.fingerprint import fingerprint
 from tokentree.lm.tokenizer_files import Unsupported, build, class_for, read_json
 
@@ -42,10 +43,26 @@ class QuickModel:
     vocab_key: str
     context_length: int | None
     tokenizer: Tokenizer
+    template: ChatTemplate | None = None
 
     def encode(self, text: str) -> list[int]:
         """The ids AutoTokenizer's `encode(text)` gives: special tokens (a BOS) included."""
         return list(self.tokenizer.encode(text).ids)
+
+    # Chat, as lm/engine.py's: the same template rendered as transformers does, the same ids.
+    def chat_template(self) -> ChatTemplate | None:
+        return self.template
+
+    def encode_special(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def chat_ids(self, messages, *, add_generation_prompt: bool = True) -> list[int]:
+        if self.template is None:
+            raise ValueError("the tokenizer has no chat template")
+        return render_ids(self.template, messages, self.encode_special, add_generation_prompt=add_generation_prompt)
+
+    def special_ids(self) -> frozenset[int]:
+        return frozenset(i for i, t in self.tokenizer.get_added_tokens_decoder().items() if t.special)
 
     def token_bytes(self, ids: Iterable[int]) -> dict[int, bytes]:
         """lm/tokens.py's TokenBytes for these ids, so the prompt reads as text at once (the
@@ -73,7 +90,23 @@ def quick_model(name: str, *, dtype: str) -> QuickModel:
         raise NotQuick(f"cannot read the tokenizer ({type(exc).__name__}: {exc})") from None
     identity = fingerprint(source, dtype, revision=revision, directory=directory if local else None)
     return QuickModel(name=name, fingerprint=identity, vocab_key=vocab_key(tokenizer),
-                      context_length=_context_length(text_config), tokenizer=tokenizer)
+                      context_length=_context_length(text_config), tokenizer=tokenizer,
+                      template=_chat_template(directory, tok_config))
+
+
+def _chat_template(directory: Path, tok_config: dict) -> ChatTemplate | None:
+    """The template transformers would load: chat_template.jinja, else tokenizer_config's."""
+    path = directory / "chat_template.jinja"
+    template = path.read_text(encoding="utf-8") if path.is_file() else tok_config.get("chat_template")
+    if isinstance(template, list):  # several named templates
+        template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"), None)
+    if not isinstance(template, str) or not template:
+        return None
+
+    def text_of(value) -> str:
+        return value.get("content", "") if isinstance(value, dict) else (value or "")
+
+    return ChatTemplate(template, text_of(tok_config.get("bos_token")), text_of(tok_config.get("eos_token")))
 
 
 def vocab_key(tokenizer: Tokenizer) -> str:

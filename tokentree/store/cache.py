@@ -206,11 +206,29 @@ def put_analysis(conn: Connection, prefix_key: bytes, fingerprint: str, analysis
 # --------------------------------------------------------------------------- token bytes
 
 
-def put_token_bytes(conn: Connection, vocab_key: str, pieces: Mapping[int, bytes]) -> None:
+def put_token_bytes(conn: Connection, vocab_key: str, pieces: Mapping[int, bytes],
+                    special: Iterable[int] = ()) -> None:
+    """Cache the bytes of tokens; ids in `special` are marked special (also where a row was
+    cached before the model said so: a mark is only ever added)."""
     if not pieces:
         return
-    rows = [{"vocab_key": vocab_key, "token_id": int(i), "piece": bytes(b)} for i, b in pieces.items()]
-    conn.execute(sqlite_insert(TokenBytesRow).on_conflict_do_nothing(), rows)
+    marked = {int(i) for i in special}
+    rows = [{"vocab_key": vocab_key, "token_id": int(i), "piece": bytes(b), "special": int(i) in marked}
+            for i, b in pieces.items()]
+    plain = [r for r in rows if not r["special"]]
+    if plain:
+        conn.execute(sqlite_insert(TokenBytesRow).on_conflict_do_nothing(), plain)
+    marks = [r for r in rows if r["special"]]
+    if marks:
+        stmt = sqlite_insert(TokenBytesRow)
+        conn.execute(stmt.on_conflict_do_update(index_elements=["vocab_key", "token_id"],
+                                                set_={"special": True}), marks)
+
+
+def special_ids(conn: Connection, vocab_key: str) -> frozenset[int]:
+    """The ids of a vocabulary's tokens marked special."""
+    t = TokenBytesRow
+    return frozenset(conn.execute(select(t.token_id).where(t.vocab_key == vocab_key, t.special.is_(True))).scalars())
 
 
 def token_bytes(conn: Connection, vocab_key: str, ids: Iterable[int]) -> dict[int, bytes]:

@@ -213,7 +213,8 @@ class Commands:
     # ------------------------------------------------------------------ commands
 
     def start_session(
-        self, *, model_name: str, fingerprint: str, vocab_key: str, prompt_sources: Sequence[str]
+        self, *, model_name: str, fingerprint: str, vocab_key: str, prompt_sources: Sequence[str],
+        chat: dict | None = None,
     ) -> int:
         sid = (self.conn.execute(select(func.max(events_t.c.session_id))).scalar() or 0) + 1
         started = ev.SessionStarted(
@@ -221,6 +222,7 @@ class Commands:
             fingerprint=fingerprint,
             vocab_key=vocab_key,
             prompt_sources=tuple(str(s) for s in prompt_sources),
+            chat=chat,
         )
         self._append(sid, started, 0)
         return sid
@@ -234,6 +236,7 @@ class Commands:
         name: str | None = None,
         expected_version: int | None = None,
         group: int | None = None,
+        messages: Sequence[dict[str, str]] | None = None,
     ) -> int:
         group = check_group(group)
         tokens = [int(t) for t in root_tokens]
@@ -251,6 +254,7 @@ class Commands:
             source=source,
             prev_focus=self.read.focus(session_id),
             group=group,
+            messages=None if messages is None else tuple({"role": m["role"], "content": m["content"]} for m in messages),
         )
         self._append(session_id, created, expected_version)
         return branch_id

@@ -10,9 +10,11 @@ never has to guess.
 type                   class               payload (besides ``"v": 2``)
 =====================  ==================  ==================================================
 session.started        SessionStarted      model_name, fingerprint, vocab_key,
-                                           prompt_sources: [str]
+                                           prompt_sources: [str], chat: {template,
+                                           end_of_turn: [int], openers: [int]}|null
 branch.created         BranchCreated       branch_id, name, position, root_tokens: [int],
-                                           source: str|null, prev_focus: int|null, group
+                                           source: str|null, prev_focus: int|null, group,
+                                           messages: [{role, content}]|null
 token.appended         TokenAppended       branch_id, token_id, from_node, group
 token.popped           TokenPopped         branch_id, from_node, group
 branch.moved           BranchMoved         branch_id, node_id, from_node, group
@@ -43,6 +45,9 @@ not-undone event right before it with the same group (the newest unbroken run of
 among the not-undone undoable events), newest first, in one ``undo`` event; repeated undos
 walk further back; there is no redo. ``samples.drawn`` records how a set of sample branches
 was drawn (its group is that of the branches it made); it changes no projection.
+
+``chat`` and ``messages`` were added to v2 payloads with a default (null): a payload without
+them reads as a plain-text session, and an older tokentree ignores them.
 
 Payload versions: v1 had no ``group`` (upcast: ``"group": null``) and ``undo`` had
 ``target_seq: int`` (upcast: ``target_seqs: [target_seq]``).
@@ -95,6 +100,7 @@ class SessionStarted:
     fingerprint: str
     vocab_key: str
     prompt_sources: tuple[str, ...]
+    chat: dict[str, Any] | None = None  # a chat session's format (chat/template.py ChatFormat)
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,7 @@ class BranchCreated:
     prev_focus: int | None
     source: str | None = None
     group: int | None = None
+    messages: tuple[dict[str, str], ...] | None = None  # a chat root: what its tokens were rendered from
 
 
 @dataclass(frozen=True)
@@ -295,9 +302,15 @@ def event_class(name: str) -> type:
 # --------------------------------------------------------------------------- payloads
 
 
+# Fields added to v2 payloads later: left out while null, so a plain-text session's events
+# are stored byte for byte as before.
+_OMITTED_WHEN_NULL = frozenset({"chat", "messages"})
+
+
 def to_payload(data: EventData) -> dict[str, Any]:
     """The payload fields of an event (without "v"), as stored."""
-    return {f.name: getattr(data, f.name) for f in dataclasses.fields(data)}
+    return {f.name: value for f in dataclasses.fields(data)
+            if (value := getattr(data, f.name)) is not None or f.name not in _OMITTED_WHEN_NULL}
 
 
 def dump_payload(payload: Mapping[str, Any]) -> str:

@@ -232,6 +232,7 @@ def _session_started(conn: Connection, ev: Event, p: SessionStarted) -> None:
             fingerprint=p.fingerprint,
             vocab_key=p.vocab_key,
             prompt_sources=json.dumps(list(p.prompt_sources), ensure_ascii=False),
+            chat=None if p.chat is None else json.dumps(p.chat, ensure_ascii=False, sort_keys=True),
         )
     )
 
@@ -243,7 +244,8 @@ def _branch_created(conn: Connection, ev: Event, p: BranchCreated) -> None:
         raise ProjectionError("branch.created without tokens")
     chain = _chain(conn, [int(t) for t in p.root_tokens], vocab_key)
     conn.execute(_INS_SESSION_NODE, [{"session_id": sid, "node_id": nid} for nid in chain])
-    _insert_branch(conn, sid, p, node_id=chain[-1], root_node_id=chain[-1], source=p.source)
+    messages = None if p.messages is None else json.dumps(list(p.messages), ensure_ascii=False)
+    _insert_branch(conn, sid, p, node_id=chain[-1], root_node_id=chain[-1], source=p.source, messages=messages)
 
 
 def _token_appended(conn: Connection, ev: Event, p: TokenAppended) -> None:
@@ -272,7 +274,8 @@ def _branch_moved(conn: Connection, ev: Event, p: BranchMoved) -> None:
 def _branch_duplicated(conn: Connection, ev: Event, p: BranchDuplicated) -> None:
     sid = ev.session_id
     src = _branch(conn, sid, p.source_branch_id)
-    _insert_branch(conn, sid, p, node_id=src.node_id, root_node_id=src.root_node_id, source=src.source)
+    _insert_branch(conn, sid, p, node_id=src.node_id, root_node_id=src.root_node_id, source=src.source,
+                   messages=src.messages)
     rule = conn.execute(_SEL_CONSTRAINT, {"bid": src.id}).first()
     if rule is not None:  # a copy of a branch keeps its regex constraint
         _put_constraint(conn, sid, p.branch_id, rule.name, rule.pattern, rule.depth)
@@ -286,6 +289,7 @@ def _insert_branch(
     node_id: int,
     root_node_id: int,
     source: str | None,
+    messages: str | None = None,
 ) -> None:
     """A new live branch at p.position (later ones shift down), focused."""
     if conn.execute(_SEL_BRANCH, {"bid": p.branch_id}).first() is not None:
@@ -294,7 +298,7 @@ def _insert_branch(
     conn.execute(
         _INS_BRANCH,
         dict(id=p.branch_id, session_id=sid, name=p.name, position=p.position, node_id=node_id,
-             root_node_id=root_node_id, source=source, removed=False),
+             root_node_id=root_node_id, source=source, messages=messages, removed=False),
     )
     _set_focus(conn, sid, p.branch_id)
 

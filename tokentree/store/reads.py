@@ -103,6 +103,7 @@ def _session_info(row) -> SessionInfo:
         fingerprint=row.fingerprint,
         vocab_key=row.vocab_key,
         prompt_sources=tuple(json.loads(row.prompt_sources)),
+        chat=None if row.chat is None else json.loads(row.chat),
     )
 
 
@@ -195,6 +196,7 @@ class Reader:
                 root_node_id=r.root_node_id,
                 focused=r.id == focus,
                 source=r.source,
+                messages=None if r.messages is None else tuple(json.loads(r.messages)),
             )
             for r in rows
         ]
@@ -412,3 +414,6 @@ class Reader:
 
     def token_bytes(self, vocab_key: str, ids: Iterable[int]) -> dict[int, bytes]:
         return cache.token_bytes(self.conn, vocab_key, ids)
+
+    def special_ids(self, vocab_key: str) -> frozenset[int]:
+        return cache.special_ids(self.conn, vocab_key)

@@ -90,6 +90,7 @@ class SessionRow(Base):
     fingerprint: Mapped[str] = mapped_column(Text, nullable=False)
     vocab_key: Mapped[str] = mapped_column(String(64), nullable=False)
     prompt_sources: Mapped[str] = mapped_column(Text, nullable=False)  # JSON list of str
+    chat: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON chat format; NULL: plain text
 
 
 class NodeRow(Base):
@@ -127,6 +128,7 @@ class BranchRow(Base):
     node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id"), nullable=False)
     root_node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id"), nullable=False)
     source: Mapped[str | None] = mapped_column(Text, nullable=True)
+    messages: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON, a chat root's messages
     removed: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=false())
 
 
@@ -220,6 +222,7 @@ class TokenBytesRow(Base):
     vocab_key: Mapped[str] = mapped_column(String(64), primary_key=True)
     token_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     piece: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    special: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=false())  # control token
 
 
 # Core tables for the hand-built statements of the store and the projector.

@@ -171,6 +171,28 @@ class Store:
         with self.writing() as cmd:
             return cmd.append_token(session_id, branch_id, token_id, expected_version=expected_version, group=group)
 
+    def append_tokens(
+        self,
+        session_id: int,
+        branch_id: int,
+        token_ids: Sequence[int],
+        *,
+        expected_version: int | None = None,
+        group: int | None = None,
+    ) -> tuple[int, int]:
+        """Several appends in ONE transaction (a chat turn's template tokens): one
+        token.appended each, all in `group`. Returns (the new node, session version after)."""
+        ids = [check_token_id(t) for t in token_ids]
+        if not ids:
+            raise StoreError("append_tokens needs at least one token")
+        check_group(group)
+        with self.writing() as cmd:
+            node = None
+            for k, token in enumerate(ids):
+                node = cmd.append_token(session_id, branch_id, token, group=group,
+                                        expected_version=expected_version if k == 0 else None)
+            return node, cmd.read.version(session_id)
+
     def pop_token(
         self, session_id: int, branch_id: int, *, expected_version: int | None = None, group: int | None = None
     ) -> int:
@@ -360,8 +382,12 @@ class Store:
         with self.write_transaction() as conn:
             cache.put_analysis(conn, prefix_key, fingerprint, analysis)
 
-    def put_token_bytes(self, vocab_key: str, pieces: Mapping[int, bytes]) -> None:
+    def put_token_bytes(self, vocab_key: str, pieces: Mapping[int, bytes], special: Iterable[int] = ()) -> None:
         if not pieces:
             return
         with self.write_transaction() as conn:
-            cache.put_token_bytes(conn, vocab_key, pieces)
+            cache.put_token_bytes(conn, vocab_key, pieces, special)
+
+    def special_ids(self, vocab_key: str) -> frozenset[int]:
+        with self.reading() as r:
+            return r.special_ids(vocab_key)

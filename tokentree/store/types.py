@@ -24,6 +24,7 @@ class Branch:
     root_node_id: int  # the node at the end of the root prompt
     focused: bool
     source: str | None = None  # where the root prompt came from (a file path, "stdin", ...)
+    messages: tuple[dict[str, str], ...] | None = None  # a chat root's messages; None: plain text
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,10 @@ class SessionInfo:
     fingerprint: str
     vocab_key: str
     prompt_sources: tuple[str, ...]
+    chat: dict | None = None  # a chat session's format (chat.ChatFormat.to_json); None: plain text
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SessionSummary(SessionInfo):
     n_branches: int
     n_nodes: int

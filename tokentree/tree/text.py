@@ -21,6 +21,15 @@ def placeholder(token_id: int) -> str:
     return f"\u27e8{token_id}\u27e9"
 
 
+SPECIAL_OPEN, SPECIAL_CLOSE = "\u27e6", "\u27e7"  # ⟦ ⟧
+
+
+def special_piece(piece: bytes) -> bytes:
+    """A special token's bytes as every view shows them: its name in ⟦ ⟧, so <|im_end|> the
+    token never reads like the characters <|im_end|> typed in a prompt."""
+    return (SPECIAL_OPEN + piece.decode("utf-8", "replace") + SPECIAL_CLOSE).encode("utf-8")
+
+
 def shown_bytes(piece: bytes | None, token_id: int) -> bytes:
     """A token's bytes, or its placeholder's when they are unknown.
 

@@ -237,6 +237,15 @@ class ExplorerApp:
         self.status.set_editor(self.field)
         self.frame.focus_position = "footer"
 
+    def open_message(self) -> None:
+        """A chat turn: a field in the footer for the next user message."""
+        if not self.explorer.features.chat.active:
+            self.explorer.features.chat.add_user_turn("")  # says what m is for
+            return
+        self._open_field("message", LineField("user"))
+        self.status.set_editor(self.field)
+        self.frame.focus_position = "footer"
+
     def _open_field(self, kind: str, field: LineField) -> None:
         self.field, self.field_kind = field, kind
         # The field's keys lead the status line (the rest of it may be clipped).
@@ -259,6 +268,8 @@ class ExplorerApp:
             self.explorer.features.branches.rename_branch(text)
         elif kind == "search":
             self.explorer.features.search.search(text)
+        elif kind == "message":
+            self.explorer.features.chat.add_user_turn(text)
 
     def cancel_text(self) -> None:
         """Esc in a field: close it; nothing is recorded."""

@@ -163,7 +163,7 @@ class CandidateTable(Reflow, urwid.WidgetWrap):
         plain = "selected" if selected else ("filtered" if filtered else None)
         markup = [
             (plain or "rank", ("\u25b6" if selected else " ") + fit(rank, w["rank"], align="right") + " "),
-            (plain or "token", fit(safe(row.text, mark_combining=True), w["token"])),
+            (plain or ("special" if row.special else "token"), fit(safe(row.text, mark_combining=True), w["token"])),
             (plain or ("na" if row.prob is None else "prob_text"), " " + fit(prob, self.PROB_W, align="right")),
         ]
         if raw:  # a regex constraint: prob is renormalized over the allowed tokens, this is the model's

@@ -85,6 +85,10 @@ def build_palette() -> list[tuple]:
         ("status_regex_live", "light green", "dark blue", "standout", "h120", "h24"),
         ("status_regex_complete", "light cyan,bold", "dark blue", "standout", "h117,bold", "h24"),
         ("status_regex_dead", "light red,bold", "dark blue", "standout", "h210,bold", "h24"),
+        # Chat: special and control tokens (never like typed text), a turn's role label.
+        ("special", "light magenta", "default", "bold", "h177", "default"),
+        ("role", "black,bold", "light cyan", "standout", "h16,bold", "h117"),
+        ("role_folded", "light cyan", "default", "", "h117", "default"),
     ]
     for kind, (ramp16, ramp256) in GRADIENTS.items():
         for i in range(LEVELS):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import urwid
 
-from tokentree.core.snapshot import Snapshot
+from tokentree.core.snapshot import Snapshot, Turn
 from tokentree.tui.cells import safe_markup
 from tokentree.tui.layout import BottomText
 from tokentree.tui.palette import LEVELS, gradient_attr
@@ -42,11 +42,16 @@ class PromptPane(urwid.WidgetWrap):
     def update(self, snap: Snapshot) -> None:
         kind = _VIEW_GRADIENT.get(snap.prompt_view)
         markup = []
-        for tok in snap.prompt:
-            if not tok.text:
-                continue  # the first bytes of a character completed by a later token
+        starts = {turn.start: turn for turn in snap.turns}
+        skip_to = 0
+        for k, tok in enumerate(snap.prompt):
+            turn = starts.get(k)
+            if turn is not None:
+                skip_to = self._turn_header(markup, snap, turn)
+            if k < skip_to or not tok.text:
+                continue  # a folded turn, or the first bytes of a character completed by a later token
             if kind is None:
-                attr = "appended" if tok.appended else "prompt"
+                attr = "special" if tok.special else "appended" if tok.appended else "prompt"
             else:
                 attr = gradient_attr(kind, tok.value)
             markup.append((attr, tok.text))
@@ -56,6 +61,23 @@ class PromptPane(urwid.WidgetWrap):
         self.legend.set_text(self._legend(snap))
         self.info.set_text(self._info(snap))
         self.box.set_title(f"prompt \u00b7 {snap.prompt_view} view")
+
+    @staticmethod
+    def _turn_header(markup: list, snap: Snapshot, turn: Turn) -> int:
+        """A turn's role label on a line of its own; a folded turn is that line alone, with
+        its size and start. Returns the index of the first token still to draw."""
+        if markup and not markup[-1][1].endswith("\n"):
+            markup.append(("prompt", "\n"))
+        if not turn.folded:
+            markup.append(("role", f" {turn.role} "))
+            markup.append(("prompt", "\n"))
+            return turn.start
+        later = [t.start for t in snap.turns if t.start > turn.start]
+        end = later[0] if later else len(snap.prompt)
+        text = " ".join("".join(t.text for t in snap.prompt[turn.start:end] if not t.special).split())
+        preview = text[:60] + ("\u2026" if len(text) > 60 else "")
+        markup.append(("role_folded", f"\u25b8 {turn.role} \u00b7 {end - turn.start} tokens \u00b7 {preview}\n"))
+        return end
 
     @staticmethod
     def _info(snap: Snapshot):

@@ -25,6 +25,7 @@ import torch
 import tokentree.lm.analysis as analysis
 from tokentree.errors import ModelLoadError
 from tokentree.lm import gguf
+from tokentree.lm.chat import ChatTemplate, render_ids
 from tokentree.lm.kept import KeptLogits, sample_request
 from tokentree.lm.llama.cache import LINES, SAMPLE_ROWS, CacheLines, ContextFull, Line
 from tokentree.lm.llama.params import DEFAULT_N_CTX, PREFILL_CHUNK, context_params, physical_cores, quant_name
@@ -95,6 +96,7 @@ class LlamaBackend:
             vocab_key=gguf.vocab_key(texts, control, added, padding),
             context_length=self.n_ctx, num_layers=lib.llama_model_n_layer(model),
         )
+        self._special = frozenset(i for i in range(self.vocab_size) if control[i])
         self._pieces: dict[int, bytes] = {}
         self._stop_ids: dict[str, frozenset[int]] = {}
         self._cache = CacheLines(lib, ctx, self._batch, n_ctx=self.n_ctx, n_logits=self._n_logits,
@@ -155,16 +157,46 @@ class LlamaBackend:
     def encode(self, text: str) -> list[int]:
         """Ids from the GGUF's own tokenizer: special tokens in the text are parsed, and BOS is
         added when the GGUF says so (as a Hugging Face tokenizer's encode does)."""
+        return self._tokenize(text, add_bos=True)
+
+    def encode_special(self, text: str) -> list[int]:
+        """Ids of chat-template text: special tokens parsed, no BOS added (the template has it)."""
+        return self._tokenize(text, add_bos=False)
+
+    def _tokenize(self, text: str, *, add_bos: bool) -> list[int]:
         lib = self._live()
         raw = text.encode("utf-8")
         size = len(raw) + 8
         for _ in range(2):
             out = (lib.llama_token * size)()
-            n = lib.llama_tokenize(self._vocab, raw, len(raw), out, size, True, True)
+            n = lib.llama_tokenize(self._vocab, raw, len(raw), out, size, add_bos, True)
             if n >= 0:
                 return list(out[:n])
             size = -n
         raise ValueError("llama.cpp could not tokenize the text")
+
+    def special_ids(self) -> frozenset[int]:
+        """The GGUF's control tokens."""
+        return self._special
+
+    def chat_template(self) -> ChatTemplate | None:
+        """The GGUF's `tokenizer.chat_template`, with its BOS and EOS tokens' text."""
+        lib = self._live()
+        raw = lib.llama_model_chat_template(self._model, None)
+        if not raw:
+            return None
+        vocab = self._vocab
+
+        def text_of(token: int) -> str:
+            return self._piece(token).decode("utf-8", "replace") if 0 <= token < self.vocab_size else ""
+
+        return ChatTemplate(raw.decode("utf-8"), text_of(lib.llama_vocab_bos(vocab)), text_of(lib.llama_vocab_eos(vocab)))
+
+    def chat_ids(self, messages, *, add_generation_prompt: bool = True) -> list[int]:
+        template = self.chat_template()
+        if template is None:
+            raise ValueError("the GGUF has no chat template")
+        return render_ids(template, messages, self.encode_special, add_generation_prompt=add_generation_prompt)
 
     def token_bytes(self, ids: Iterable[int]) -> dict[int, bytes]:
         """The exact bytes of each token (llama.cpp's piece); special tokens as their name."""

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from tokentree.lm.chat import ChatTemplate, render_ids
 from tokentree.outputs import Analysis, Capabilities, Distribution, ModelInfo, NodeOutput
 from tokentree.sampling import survivors
 
@@ -92,6 +93,33 @@ class ServerBackend:
         if self.tokenizer is not None:
             return list(self.tokenizer.encode(text))
         return self._server_tokenize(text, special=True)
+
+    # ------------------------------------------------------------------ chat: through --tokenizer
+    def special_ids(self) -> frozenset[int]:
+        if self.tokenizer is None:
+            return frozenset()
+        marked = {i for i, t in self.tokenizer.added_tokens_decoder.items() if t.special}
+        return frozenset(i for i in (*self.tokenizer.all_special_ids, *marked) if 0 <= i < self.vocab_size)
+
+    def chat_template(self) -> ChatTemplate | None:
+        """The --tokenizer's chat template (without one the server's template is not asked)."""
+        template = getattr(self.tokenizer, "chat_template", None)
+        if isinstance(template, dict):
+            template = template.get("default")
+        if not template:
+            return None
+        return ChatTemplate(template, self.tokenizer.bos_token or "", self.tokenizer.eos_token or "")
+
+    def encode_special(self, text: str) -> list[int]:
+        if self.tokenizer is not None:
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self._server_tokenize(text, special=False)
+
+    def chat_ids(self, messages, *, add_generation_prompt: bool = True) -> list[int]:
+        template = self.chat_template()
+        if template is None:
+            raise ServerError("a chat prompt on a server needs --tokenizer (the served model's tokenizer and template)")
+        return render_ids(template, messages, self.encode_special, add_generation_prompt=add_generation_prompt)
 
     def token_bytes(self, ids: Iterable[int]) -> dict[int, bytes]:
         out = {}
