@@ -10,13 +10,16 @@ from tokentree.chat.conversation import (
     user_message,
     with_system,
 )
-from tokentree.chat.template import (
-    ChatFormat,
-    detect_format,
-    render_template,
-    template_hash,
-    turns,
-)
+from tokentree.chat.format import ChatFormat, detect_format, turns
+
+
+def __getattr__(name: str):
+    # Rendering needs jinja2: imported when first used, so exports and the store never load it.
+    if name in ("render_template", "template_hash"):
+        from tokentree.chat import template
+
+        return getattr(template, name)
+    raise AttributeError(f"module 'tokentree.chat' has no attribute {name!r}")
 
 __all__ = [
     "ROLES",

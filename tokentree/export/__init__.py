@@ -64,4 +64,6 @@ def export_session(store, session_id: int, fmt: str, *, ascii: bool = False, top
     _check_top(top)  # before loading: a bad value costs nothing
     with gc_paused():
         tree = load_export_tree(store, session_id, with_top=fmt in _WITH_TOP)
-        return render(tree, fmt, ascii=ascii, top=top)
+        # The text views draw special tokens marked, as the screen does; JSON keeps the data
+        # as it is and says which tokens are special.
+        return render(tree if fmt == "json" else tree.marked(), fmt, ascii=ascii, top=top)

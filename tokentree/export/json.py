@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 
+from tokentree.chat.read_back import conversation_of
+from tokentree.chat.format import ChatFormat
 from tokentree.export.loader import ExportTree, constraint_state, gc_paused
 from tokentree.tree.text import decode, shown_bytes, token_text
 
@@ -32,12 +34,20 @@ def render_json(tree: ExportTree, *, top_k: int | None = None) -> str:
     dump = lambda obj: json.dumps(obj, ensure_ascii=False)  # noqa: E731
     pieces = tree.pieces
     by_id = {n.id: n for n in tree.nodes}
+    stored = tree.session.get("chat")
+    chat = None if stored is None else ChatFormat(frozenset(stored["end_of_turn"]), frozenset(stored["openers"]),
+                                                  frozenset(stored.get("closers", ())))
     branches = []
     for b in tree.branches:
         data = b"".join(shown_bytes(by_id[i].piece, by_id[i].token_id) for i in b.node_ids if i in by_id)
         branches.append(
             {"id": b.id, "name": b.name, "focused": b.focused, "token_ids": list(b.token_ids), "text": decode(data)}
         )
+        if b.messages is not None:  # a chat root: the conversation its tokens were rendered from
+            branches[-1]["messages"] = [dict(m) for m in b.messages]
+        if chat is not None:  # the whole conversation on the branch, answers and added turns too
+            get = lambda t: pieces.get(t, b"")  # noqa: E731
+            branches[-1]["conversation"] = conversation_of(b.token_ids, chat, get, tree.special)
         if b.constraint is not None:  # the regex constraint in force (r), and where the text stands
             branches[-1]["constraint"] = {**b.constraint, "state": constraint_state(b, by_id)}
     lines = [
@@ -81,10 +91,12 @@ def render_json(tree: ExportTree, *, top_k: int | None = None) -> str:
 
     parts = ["\n".join(lines)]
     add = parts.extend
+    special = tree.special
     for i, n in enumerate(tree.nodes):
         add((",\n" if i else "",
              f'{{"id": {n.id}, "parent": {_json_num(n.parent)}, "token_id": {n.token_id}, '
-             f'"text": {dump(token_text(n.piece, n.token_id))}, "prob": {_json_num(n.prob)}, '
+             f'"text": {dump(token_text(n.piece, n.token_id))}, '
+             + ('"special": true, ' if n.token_id in special else "") + f'"prob": {_json_num(n.prob)}, '
              f'"rank": {_json_num(n.rank)}, "entropy": {_json_num(n.entropy)}, "top": [',
              candidates(n.top_ids, n.top_probs), '], "next": '))
         dist = n.next_dist

@@ -10,6 +10,7 @@ Values are taken from the model-output cache of the session's own fingerprint on
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from typing import Any, Mapping, NamedTuple
 
 from tokentree.listing import iso_utc
 from tokentree.outputs import Distribution
+from tokentree.tree.text import special_piece
 
 __all__ = ["ExportBranch", "ExportNode", "ExportTree", "gc_paused", "load_export_tree"]
 
@@ -73,6 +75,7 @@ class ExportBranch:
     # The regex constraint in force on the branch (r): name, pattern and the depth it was
     # switched on at (it covers the tokens after it); None: none.
     constraint: Mapping[str, Any] | None = None
+    messages: tuple[Mapping[str, str], ...] | None = None  # a chat root's messages
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,16 @@ class ExportTree:
     branches: tuple[ExportBranch, ...]  # display order
     nodes: tuple[ExportNode, ...]  # parents before children (sorted by depth, then id)
     pieces: Mapping[int, bytes]  # token id -> bytes, for node tokens and top candidates
+    special: frozenset[int] = frozenset()  # the vocabulary's special tokens (store-marked)
+
+    def marked(self) -> ExportTree:
+        """The tree with each special token's bytes as every text view shows them (⟦name⟧)."""
+        if not self.special:
+            return self
+        pieces = {i: special_piece(p) if i in self.special else p for i, p in self.pieces.items()}
+        nodes = tuple(n._replace(piece=pieces.get(n.token_id)) if n.token_id in self.special else n
+                      for n in self.nodes)
+        return dataclasses.replace(self, nodes=nodes, pieces=pieces)
 
 
 # --------------------------------------------------------------------------- loading
@@ -182,6 +195,7 @@ def load_export_tree(store, session_id: int, *, with_top: bool = True) -> Export
                 node_ids=tuple(n.id for n in path),
                 token_ids=tuple(n.token_id for n in path),
                 constraint=_constraint(constraints.get(branch.id)),
+                messages=branch.messages,
             )
         )
     export_branches.sort(key=lambda b: (b.position, b.id))
@@ -193,9 +207,12 @@ def load_export_tree(store, session_id: int, *, with_top: bool = True) -> Export
         "model_name": info.model_name,
         "prompt_sources": list(info.prompt_sources or ()),
     }
+    if info.chat is not None:
+        session["chat"] = dict(info.chat)
     model = {"name": info.model_name, "fingerprint": fingerprint, "vocab_key": vocab_key}
     return ExportTree(
-        session=session, model=model, branches=tuple(export_branches), nodes=tuple(nodes), pieces=pieces
+        session=session, model=model, branches=tuple(export_branches), nodes=tuple(nodes), pieces=pieces,
+        special=store.special_ids(vocab_key),
     )
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from tokentree.chat.next_turn import next_turn_text
-from tokentree.chat.template import ChatFormat, turns
+from tokentree.chat.format import ChatFormat, turns
 from tokentree.core.feature import Feature
 from tokentree.core.snapshot import Turn
 from tokentree.errors import InputError, StaleCommand

@@ -55,7 +55,7 @@ def require_template(backend, model_name: str) -> ChatTemplate:
 def chat_format(backend) -> dict:
     """The session's stored chat format: the template's identity, the end-of-turn ids (a stop
     for fill and sample) and the turn-opening ids (where the prompt pane labels a turn)."""
-    from tokentree.chat.template import detect_format
+    from tokentree.chat.format import detect_format
 
     template = backend.chat_template()
     special = frozenset(backend.special_ids())

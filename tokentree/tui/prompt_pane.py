@@ -75,6 +75,7 @@ class PromptPane(urwid.WidgetWrap):
         later = [t.start for t in snap.turns if t.start > turn.start]
         end = later[0] if later else len(snap.prompt)
         text = " ".join("".join(t.text for t in snap.prompt[turn.start:end] if not t.special).split())
+        text = text.removeprefix(turn.role).lstrip()  # the header's own role word
         preview = text[:60] + ("\u2026" if len(text) > 60 else "")
         markup.append(("role_folded", f"\u25b8 {turn.role} \u00b7 {end - turn.start} tokens \u00b7 {preview}\n"))
         return end
