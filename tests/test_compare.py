@@ -10,13 +10,25 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from fake_engine import FakeEngine, FakeLoaded, new_session
+from pty_signals import as_from_a_terminal
+
 from tokentree.config import Config, DisplayConfig
-from tokentree.features.compare.diff import DiffToken, Totals, branch_diff, diff_table, fork_depth
-from tokentree.features.compare.divergence import REST_EPSILON, compare_prob, disagreement, divergence
 from tokentree.core.explorer import Explorer
 from tokentree.errors import ModelLoadError
+from tokentree.features.compare.diff import (
+    DiffToken,
+    Totals,
+    branch_diff,
+    diff_table,
+    fork_depth,
+)
+from tokentree.features.compare.divergence import (
+    REST_EPSILON,
+    compare_prob,
+    disagreement,
+    divergence,
+)
 from tokentree.paths import default_db_path
 from tokentree.store import Store
 
@@ -371,9 +383,8 @@ def test_export_diff_bad_input_is_one_line(store, tmp_path, args, message):
 def stranger_model(tmp_path_factory):
     """A tiny Qwen2 model whose tokenizer has another vocabulary (300 ids, not 384)."""
     import torch
-    from transformers import AutoModelForCausalLM
-
     from tiny_model import build_config, build_tokenizer
+    from transformers import AutoModelForCausalLM
 
     path = tmp_path_factory.mktemp("stranger") / "qwen2-300"
     tokenizer = build_tokenizer(vocab_size=300)
@@ -397,7 +408,7 @@ def test_compare_model_with_another_vocabulary_exits_with_one_line(tmp_path, tin
     exe = Path(sys.executable).with_name("tokentree")
     env = dict(os.environ, TOKENTREE_QUICK_START=quick)
     child = pexpect.spawn(str(exe), ["--model", str(tiny_model), "--compare-model", str(stranger_model),
-                                     "-i", str(prompt)], env=env, cwd=str(tmp_path), dimensions=(24, 80))
+                                     "-i", str(prompt)], env=env, cwd=str(tmp_path), dimensions=(24, 80), preexec_fn=as_from_a_terminal)
     child.expect(pexpect.EOF, timeout=120)
     out = child.before.decode()
     child.close()

@@ -25,8 +25,9 @@ import time
 from pathlib import Path
 
 import pytest
-
+from pty_signals import as_from_a_terminal
 from robust_child import digest, parse_events, shared_zygote, stored_events
+
 from tokentree.cli import main
 from tokentree.store import Store, maintenance
 
@@ -136,7 +137,7 @@ def spawn_app(db: Path, env: dict[str, str], resume: str = "last", ready: str = 
 
     child = pexpect.spawn(sys.executable, ["-m", "tokentree", "--resume", resume, "--db", str(db),
                                            "--model", str(db.parent / "no-such-model")],
-                          env=env, dimensions=(30, 100), timeout=120)
+                          env=env, dimensions=(30, 100), timeout=120, preexec_fn=as_from_a_terminal)
     child.expect(ready, timeout=120)  # the status bar: the screen is up
     return child
 

@@ -12,8 +12,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from pty_signals import as_from_a_terminal
 
-from tokentree.config import Config, DisplayConfig, ExploreConfig, SamplingConfig, parse_config
+from tokentree.config import (
+    Config,
+    DisplayConfig,
+    ExploreConfig,
+    SamplingConfig,
+    parse_config,
+)
 from tokentree.errors import ConfigError, ModelLoadError
 from tokentree.lm import gguf
 from tokentree.lm.open import GgufSource, gguf_source, open_gguf, pick_quant
@@ -396,7 +403,7 @@ def _cli(args: list[str], cwd: Path, *, hide_llama: bool = False) -> tuple[int, 
         code += "sys.modules['llama_cpp'] = None  # as if the llama extra were not installed\n"
     code += "from tokentree.cli import main\nsys.exit(main())\n"
     child = pexpect.spawn(sys.executable, ["-c", code, *args], cwd=str(cwd), env=dict(os.environ, TERM="xterm"),
-                          dimensions=(24, 100))
+                          dimensions=(24, 100), preexec_fn=as_from_a_terminal)
     child.expect(pexpect.EOF, timeout=120)
     output = child.before.decode("utf-8", "replace")
     child.close()

@@ -25,9 +25,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from child_hooks import with_hooks
+from pty_signals import as_from_a_terminal
 from test_crash_safety import _read_events, _seed_session, app_env, spawn_app
+
 from tokentree.store import Store, maintenance
 
 pexpect = pytest.importorskip("pexpect")
@@ -42,7 +43,7 @@ def _spawn(tmp_path, home, db, **extra_env):
     cmd = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "tokentree", "--resume", "last",
                                             "--db", str(db), "--model", str(db.parent / "no-such-model")])
     child = pexpect.spawn("/bin/sh", ["-c", f"trap : INT; {cmd}; echo TOKENTREE-RC=$?; stty -a"],
-                          env=env, dimensions=(30, 100), timeout=WAIT)
+                          env=env, dimensions=(30, 100), timeout=WAIT, preexec_fn=as_from_a_terminal)
     child.expect("no-such-model", timeout=WAIT)  # the screen is up
     return child
 

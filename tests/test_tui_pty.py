@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pexpect
 import pyte
+from pty_signals import as_from_a_terminal
 
 from tokentree.paths import default_db_path
 from tokentree.store import Store
@@ -63,7 +64,7 @@ class Terminal:
         self._pending = b""  # read, not yet fed: the start of a frame still being written
         self._in_frame = False
         self._answered = False
-        self.child = pexpect.spawn(str(exe), args, env=env, cwd=str(cwd), dimensions=(ROWS, COLS))
+        self.child = pexpect.spawn(str(exe), args, env=env, cwd=str(cwd), dimensions=(ROWS, COLS), preexec_fn=as_from_a_terminal)
 
     def release_load(self) -> None:
         assert self.gate is not None, "started without hold_load"
