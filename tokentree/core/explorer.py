@@ -249,12 +249,17 @@ class Explorer:
                 self._fresh_ms[key] = result.ms
         elif isinstance(job, BytesJob) and set(job.ids).intersection(self.view.missing_byte_ids()):
             self.main.planner.failed.add(job.failure_key)  # the tokenizer has no bytes for these
-        self.outputs_recorded()
+        self.outputs_recorded(job, result)
+
+    def outputs_recorded(self, job: Job, result) -> None:
+        """The main model's outputs for `job` are in the cache (its planned work's or a
+        prefetch's): queued appends go on, and every feature is told (a fill that waits for
+        exactly that node goes on)."""
+        self._append_queued()
         for feature in self._features:
             feature.recorded(job, result)
 
-    def outputs_recorded(self) -> None:
-        """Outputs arrived (the main model's or a prefetch's): queued appends go on."""
+    def _append_queued(self) -> None:
         while self._queued_appends > 0:
             if not self.screen.candidate_rows(self.focused_node()):
                 return

@@ -45,7 +45,7 @@ def require_template(backend, model_name: str) -> ChatTemplate:
     template = backend.chat_template()
     if template is not None:
         return template
-    if getattr(backend.capabilities, "remote", False):
+    if getattr(getattr(backend, "capabilities", None), "remote", False):
         raise InputError("a chat prompt on a server needs --tokenizer NAME_OR_PATH: the served model's "
                          "tokenizer, whose chat template formats the conversation")
     raise InputError(f"{model_name} has no chat template, so a conversation cannot be formatted for it; "

@@ -57,7 +57,7 @@ class Prefetch(Feature):
             jobs.record(job, result, core.store, slot.view)  # cache rows only, never events
             if slot is core.main:
                 self.count += 1
-                core.outputs_recorded()
+                core.outputs_recorded(job, result)
 
         def failed(exc: BaseException) -> None:
             # Not into the planner's failed set: a key's own job for this node must still run
