@@ -433,7 +433,6 @@ def old_influence(model, tokens, k=32) -> list[float]:
 
 def test_sink_heads_do_not_dominate_the_influence(sink_model):
     engine, reference, tokens = sink_model
-    n = len(tokens)
     # The model's own eager attentions: 30 of the 40 heads put > 0.9 on position 0.
     with torch.no_grad():
         out = reference(input_ids=torch.tensor([tokens]), output_attentions=True)

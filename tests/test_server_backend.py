@@ -4,7 +4,6 @@ forward pass of the Hugging Face model the GGUF was converted from."""
 
 from __future__ import annotations
 
-import math
 import time
 
 import pytest

@@ -24,6 +24,7 @@ from tokentree.tui.palette import build_palette, pick_colors
 from tokentree.tui.branch_list import BranchList
 from tokentree.tui.candidate_table import CandidateTable
 from tokentree.tui.help import HelpOverlay, HelpView
+from tokentree.tui.interrupts import Interrupted, ctrl_c_stops
 from tokentree.tui.layout import FitColumns, FitPile, prompt_height
 from tokentree.tui.prompt_pane import PromptPane
 from tokentree.tui.status_bar import StatusBar
@@ -443,8 +444,9 @@ def run_tui(explorer, config, *, load_engine: Callable[[], object] | None = None
     code = 0
     with _stderr_to_log(log_file):
         try:
-            loop.run()
-        except KeyboardInterrupt:
+            with ctrl_c_stops(loop):
+                loop.run()
+        except (Interrupted, KeyboardInterrupt):  # KeyboardInterrupt: before the handler is set
             code = 130
         except Exception as exc:  # noqa: BLE001 -- restore the terminal, log, one line
             log.exception("the explorer stopped on an error")
