@@ -35,6 +35,9 @@ from .worker import Task
 log = logging.getLogger(__name__)
 
 
+_QUEUED = "waiting for the model ("  # the message while appends wait for a distribution
+
+
 class Explorer:
     """One session being explored. All methods run on the UI thread.
 
@@ -260,8 +263,11 @@ class Explorer:
             feature.recorded(job, result)
 
     def _append_queued(self) -> None:
+        if not self._queued_appends:
+            return
         while self._queued_appends > 0:
             if not self.screen.candidate_rows(self.focused_node()):
+                self._say_queued()
                 return
             self._queued_appends -= 1
             try:
@@ -269,6 +275,12 @@ class Explorer:
             except StaleCommand as exc:  # another window moved on: drop the queue, say why
                 self._queued_appends = 0
                 self.message = str(exc)
+                return
+        if self.message is not None and self.message.startswith(_QUEUED):
+            self.message = None  # every queued append is done: the count would be stale
+
+    def _say_queued(self) -> None:
+        self.message = f"{_QUEUED}{self._queued_appends} append(s) queued)"
 
     # ------------------------------------------------------------------ plumbing for commands
     def command(self, command, *args, run: str | None = None, **kwargs):
@@ -393,7 +405,7 @@ class Explorer:
                 return
             # Queue it: it appends the top token as soon as the distribution arrives.
             self._queued_appends += 1
-            self.message = f"waiting for the model ({self._queued_appends} append(s) queued)"
+            self._say_queued()
             return
         limit = self.engine.info.context_length if self.engine is not None else None
         if limit and node.depth >= limit:
