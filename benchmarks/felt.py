@@ -475,7 +475,6 @@ def inproc(engine, store, sid, ids, config, size, reps, log, *, label) -> dict:
         split.counter.take()
         t0 = time.perf_counter()
         app.handle_key(k)
-        t1 = time.perf_counter()
         app.settle()
         t2 = time.perf_counter()
         app.render(size)

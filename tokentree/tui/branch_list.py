@@ -8,7 +8,8 @@ import urwid
 
 from tokentree.core.snapshot import BranchRow, Snapshot
 from tokentree.tui.cells import fit, safe, width_of
-from tokentree.tui.layout import Reflow
+from tokentree.tui.layout import Box, Reflow
+from tokentree.tui.rows_view import RowsView
 
 __all__ = ["BranchList"]
 
@@ -29,8 +30,9 @@ class BranchList(Reflow, urwid.WidgetWrap):
         self.listbox = urwid.ListBox(self.walker)
         self.editor: urwid.Widget | None = None
         self.header = urwid.Text("", wrap="clip")
-        self.box = urwid.LineBox(urwid.Pile([("pack", self.header), self.listbox]), title="branches",
-                                 title_align="left")
+        self.rows_view = RowsView()  # the rows without a rename field: one canvas, no widget per row
+        self.pile = urwid.Pile([("pack", self.header), self.rows_view])
+        self.box = Box(self.pile, title="branches")
         self._branches: tuple[BranchRow, ...] = ()
         self.picking: int | None = None  # the branch a picker (compare) points at
         super().__init__(self.box)
@@ -81,23 +83,32 @@ class BranchList(Reflow, urwid.WidgetWrap):
         focus = next((i for i, b in enumerate(self._branches) if b.focused), 0)
         if self.picking is not None:  # the picked row stays in view
             focus = next((i for i, b in enumerate(self._branches) if b.id == self.picking), focus)
-        if self.editor is not None:
-            field = urwid.AttrMap(self.editor, "edit")
-            if rows:
-                rows[focus] = field
-            else:
-                rows.append(field)
-        self.walker[:] = rows
-        if rows:
-            self.listbox.set_focus(focus)
+        if self.editor is None:
+            self.rows_view.set_rows([[(attr, text)] for text, attr in rows], [attr for _, attr in rows], focus)
+            self._show(self.rows_view)
+            return
+        # A rename: the rows as widgets, the field in place of the focused one (it takes the cursor).
+        widgets = [urwid.AttrMap(urwid.Text(text, wrap="clip"), attr) for text, attr in rows]
+        field = urwid.AttrMap(self.editor, "edit")
+        if widgets:
+            widgets[focus] = field
+        else:
+            widgets.append(field)
+        self.walker[:] = widgets
+        self.listbox.set_focus(focus)
+        self._show(self.listbox)
+
+    def _show(self, body: urwid.Widget) -> None:
+        if self.pile.contents[1][0] is not body:
+            self.pile.contents[1] = (body, self.pile.options())
+            self.pile.focus_position = 1
 
     @staticmethod
-    def _row(b: BranchRow, numbers, name_w: int, cols: list[int], picked: bool = False) -> urwid.Widget:
+    def _row(b: BranchRow, numbers, name_w: int, cols: list[int], picked: bool = False) -> tuple[str, str]:
         depth, appended, logprob, ppl = numbers
         name = fit(safe(b.name), name_w, keep="middle", head=max(1, (name_w - 1) // 2))
         mark = "\u25b6 " if b.focused else "\u25c6 " if picked else "  "
         text = mark + name + " " + fit(depth, cols[0], align="right")
         text += " " + fit(appended, cols[1]) + " " + fit(logprob, cols[2], align="right")
         text += " " + fit(ppl, cols[3], align="right")
-        return urwid.AttrMap(urwid.Text(text, wrap="clip"),
-                             "branch_focus" if b.focused else "branch_pick" if picked else "branch")
+        return text, "branch_focus" if b.focused else "branch_pick" if picked else "branch"

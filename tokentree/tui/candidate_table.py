@@ -10,8 +10,9 @@ from tokentree.core.snapshot import CandidateRow, Snapshot
 from tokentree.tui.cells import cut, fit, safe, width_of
 from tokentree.tui.compare import compare_cell as _compare_cell, short_name as _short_name
 from tokentree.tui.constraint import constraint_legend, empty_note, filters, raw_cell
-from tokentree.tui.layout import Reflow
+from tokentree.tui.layout import Box, Reflow
 from tokentree.tui.palette import level
+from tokentree.tui.rows_view import RowsView
 
 __all__ = ["CandidateTable"]
 
@@ -35,11 +36,10 @@ class CandidateTable(Reflow, urwid.WidgetWrap):
 
     def __init__(self) -> None:
         self.header = urwid.Text("", wrap="clip")
-        self.walker = urwid.SimpleFocusListWalker([])
-        self.listbox = urwid.ListBox(self.walker)
+        self.listbox = RowsView()  # the candidate rows, drawn onto one canvas
         self.legend = urwid.Text("")  # wraps: a long sampler description stays readable
         self.pile = urwid.Pile([("pack", self.header), self.listbox])
-        self.box = urwid.LineBox(self.pile, title="next token", title_align="left")
+        self.box = Box(self.pile, title="next token")
         self._snap: Snapshot | None = None
         self.page_rows = 10  # candidate rows in view at the last draw (page up / page down)
         super().__init__(self.box)
@@ -138,24 +138,28 @@ class CandidateTable(Reflow, urwid.WidgetWrap):
                 labels = (f"layers 1\u2192{shown}{of}", f"1\u2192{shown}{of}", f"1\u2192{shown}")
                 head += " " + next((t for t in labels if width_of(t) <= room), cut(labels[-1], room))
         self.header.set_text(("header", head))
-        rows: list[urwid.Widget] = []
+        rows, pads = [], []
         compare = None if snap.compare is None else ("\u2026" if snap.compare.waiting and not snap.compare.failed
                                                      else "n/a")
         for i, row in enumerate(snap.candidates):
-            rows.append(self._row(row, w, selected=i == snap.selected, sampler=sampler, compare=compare,
-                                  raw=filters(snap)))
+            runs, pad = self._row(row, w, selected=i == snap.selected, sampler=sampler, compare=compare,
+                                  raw=filters(snap))
+            rows.append(runs)
+            pads.append(pad)
         if filters(snap) and not snap.candidates and not snap.waiting:
-            rows.append(urwid.Text(("na", f"  {empty_note(snap.constraint)}")))
+            rows.append([("na", f"  {empty_note(snap.constraint)}")])
+            pads.append(None)
         if snap.waiting:
             note = "waiting for the model\u2026" if snap.status.engine_ready or snap.status.busy else "model not loaded"
-            rows.append(urwid.Text(("na", f"  {note}")))
-        self.walker[:] = rows
-        if snap.candidates:
-            self.listbox.set_focus(min(snap.selected, len(rows) - 1))
+            rows.append([("na", f"  {note}")])
+            pads.append(None)
+        focus = min(snap.selected, len(rows) - 1) if snap.candidates else 0
+        self.listbox.set_rows(rows, pads, focus)
 
     def _row(self, row: CandidateRow, w: dict[str, int], *, selected: bool, sampler: bool,
-             compare: str | None = None, raw: bool = False) -> urwid.Widget:
-        """`compare`: what the compare column shows without a value (None: no column)."""
+             compare: str | None = None, raw: bool = False) -> tuple[list, str | None]:
+        """The row's runs and its padding's attribute. `compare`: what the compare column
+        shows without a value (None: no column)."""
         rank = str(row.rank) if row.rank is not None else "?"
         prob = f"{row.prob * 100:6.2f}%" if row.prob is not None else "n/a"
         marker = f"\u25b8{row.subtree}" if row.explored else ""
@@ -177,6 +181,6 @@ class CandidateTable(Reflow, urwid.WidgetWrap):
                            " " + fit(_compare_cell(row) or compare, self.COMPARE_W, align="right")))
         markup += [(plain or "prob_text", " "), (plain or "explored", fit(marker, w["tree"]))]
         if w["heat"] and row.layers:
-            markup.append(" ")
+            markup.append((plain, " "))
             markup += [(f"heat_{level(v)}", "\u2588") for v in row.layers[: w["heat"]]]
-        return urwid.AttrMap(urwid.Text(markup, wrap="clip"), plain)
+        return markup, plain

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import urwid
 
+from tokentree.tui.layout import Box
+
 from tokentree.features.compare.diff import BranchDiff, DiffTable, diff_table
 from tokentree.features.compare.divergence import fmt_divergence
 from tokentree.core.snapshot import CandidateRow, CompareInfo
@@ -80,7 +82,7 @@ class DiffView(urwid.WidgetWrap):
         self.note = urwid.Text("")
         self.pile = urwid.Pile([("pack", self.title), ("pack", self.context), ("pack", self.header),
                                 self.listbox, ("pack", self.footer), ("pack", self.note)])
-        self.box = urwid.LineBox(self.pile, title="branch diff", title_align="left")
+        self.box = Box(self.pile, title="branch diff")
         self.diff: BranchDiff | None = None
         self.table: DiffTable | None = None
         self._built_at: int | None = None

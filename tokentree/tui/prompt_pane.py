@@ -8,7 +8,7 @@ import urwid
 
 from tokentree.core.snapshot import Snapshot, Turn
 from tokentree.tui.cells import safe_markup
-from tokentree.tui.layout import BottomText
+from tokentree.tui.layout import BottomText, Box
 from tokentree.tui.palette import LEVELS, gradient_attr
 
 __all__ = ["PromptPane"]
@@ -29,8 +29,7 @@ class PromptPane(urwid.WidgetWrap):
         self.body = BottomText()
         self.info = urwid.Text("", wrap="clip")
         self.legend = urwid.Text("")  # wraps: a long sampler description stays readable
-        self.box = urwid.LineBox(urwid.Pile([self.body, ("pack", self.info), ("pack", self.legend)]),
-                                 title="prompt", title_align="left")
+        self.box = Box(urwid.Pile([self.body, ("pack", self.info), ("pack", self.legend)]), title="prompt")
         super().__init__(self.box)
 
     def rows_needed(self, maxcol: int) -> int:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import urwid
 
+from tokentree.tui.layout import Box
+
 from tokentree.core.snapshot import TreeLine
 from tokentree.tui.cells import fit, safe, width_of
 
@@ -81,7 +83,7 @@ class TreePane(urwid.WidgetWrap):
     def __init__(self) -> None:
         self.walker = _LineWalker(self._line)
         self.listbox = urwid.ListBox(self.walker)
-        super().__init__(urwid.LineBox(self.listbox, title="tree", title_align="left"))
+        super().__init__(Box(self.listbox, title="tree"))
 
     def update(self, lines: tuple[TreeLine, ...]) -> None:
         focus = next((i for i, line in enumerate(lines) if line.current), 0)
