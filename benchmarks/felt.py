@@ -40,6 +40,7 @@ SYNC_END = b"\x1b[?2026l"
 UP, DOWN, RIGHT, LEFT = "\x1b[A", "\x1b[B", "\x1b[C", "\x1b[D"
 CTRL_Q = "\x11"
 BRANCH_ROW = re.compile(r"\u25b6 ([^\u2502\u25b6]+?)\s+(\d+) \+(-?\d+)")  # the focused branch: name, len, +appended
+SELECTED_ROW = re.compile(r"\u2502\u25b6\s+(\d+) ")  # the table's selected row: its rank
 WAITING = "waiting for the model\u2026"  # the table's note while its node is computed
 THREADS = 2
 
@@ -385,8 +386,12 @@ def pty_prefetch(work: Path, gguf: Path, prompt: Path, size: tuple[int, int], re
         times = []
         trials = 4 * reps
         for k in range(trials):
+            j = k % 4  # the candidate of rank j + 1: its row selected first, then a pause
+            if j:
+                s.pty.send(DOWN * j)
+                s.pty.wait(lambda t, r=j + 1: (m := SELECTED_ROW.search(t)) is not None and int(m.group(1)) == r)
             time.sleep(0.1)
-            times.append(s.key(DOWN * (k % 4) + RIGHT, s.length + 1))
+            times.append(s.key(RIGHT, s.length + 1))
         time.sleep(0.5)  # the last node's prefetches
         extra = (s.outputs() - before - trials) / trials
     finally:

@@ -148,9 +148,10 @@ def test_appends_queue_while_the_node_is_computed(store, engine):
     ex.append()
     ex.append()  # the node from the first append has no distribution yet
     ex.append()
-    assert "queued" in ex.message
+    assert ex.message == "waiting for the model (2 append(s) queued)"
     ex.run_jobs_inline()
     assert ex.snapshot().branches[0].appended == 3
+    assert ex.message is None  # the queue is done: no count of appends still waiting
 
 
 def test_walk_forward_returns_along_the_popped_path(store, engine):
@@ -439,6 +440,7 @@ def test_changes_by_another_explorer_show_in_the_cached_tree(store, engine):
         other.cursor(1)
         other.append()  # and a sibling of it
         other.run_jobs_inline()
+    assert ex.changed_elsewhere()  # what the screen's follow check asks (every 0.5 s)
     snap = ex.snapshot(with_tree=True)
     fresh = Explorer(store, ex.session_id, config=CONFIG).snapshot(with_tree=True)
     assert snap.candidates == fresh.candidates and snap.tree == fresh.tree

@@ -97,6 +97,10 @@ class Explorer:
         return self._state().busy
 
     @property
+    def in_flight(self):  # the Task of the explorer's queue on the worker now, or None
+        return self._in_flight
+
+    @property
     def idle(self) -> bool:
         """No task of the explorer's is on the worker."""
         return self._in_flight is None
@@ -263,8 +267,6 @@ class Explorer:
             feature.recorded(job, result)
 
     def _append_queued(self) -> None:
-        if not self._queued_appends:
-            return
         while self._queued_appends > 0:
             if not self.screen.candidate_rows(self.focused_node()):
                 self._say_queued()
@@ -473,8 +475,11 @@ class Explorer:
         return snap
 
     def changed_elsewhere(self) -> bool:
-        """Whether another window changed the session since this one's screen (one cheap read)."""
-        return self.view.version() != self._version
+        """Whether another window changed the session, or another session added nodes it
+        shares (one cheap read; until asked, keys trust what the view holds)."""
+        self.view.recheck()
+        self.view.nodes_added = False
+        return self.view.version() != self._version or self.view.nodes_added
 
     def tree_lines(self):
         return self.screen.tree_lines()

@@ -98,10 +98,11 @@ def record(job: Job, result, store, view: TreeView) -> list[bytes]:
 
 def _record_outputs(items, pieces: dict[int, bytes], store, view: TreeView) -> list[bytes]:
     """Outputs (prefix key, NodeOutput) and the token bytes they show, in the cache."""
-    store.put_outputs(items, view.fingerprint)
+    store.put_outputs(items, view.fingerprint, vocab_key=view.vocab_key, pieces=pieces)  # one transaction
     for key, _ in items:
         view.output_stored(key)
-    _record_bytes(pieces, store, view)
+    if pieces:
+        view.bytes_known(pieces)
     return [key for key, _ in items]
 
 

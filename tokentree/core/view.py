@@ -34,6 +34,30 @@ class _SessionNodes(NamedTuple):
     version: int  # the session version it was checked at
 
 
+class _LazyReader:
+    """A Reader whose read transaction begins at its first read: a block that finds all it
+    needs in memory costs no transaction at all."""
+
+    def __init__(self, store) -> None:
+        self._store = store
+        self._context = None
+        self._reader = None
+
+    def __getattr__(self, name: str):
+        if self._reader is None:
+            self._context = self._store.reading()
+            self._reader = self._context.__enter__()
+        return getattr(self._reader, name)
+
+    def close(self, exc: BaseException | None) -> None:
+        if self._context is not None:
+            context, self._context, self._reader = self._context, None, None
+            if exc is None:
+                context.__exit__(None, None, None)
+            else:
+                context.__exit__(type(exc), exc, exc.__traceback__)
+
+
 class TreeView:
     """Store reads for one session, from memory where it can. All methods run on the UI thread."""
 
@@ -60,6 +84,13 @@ class TreeView:
         self._reader = None
         self._scope: dict[str, Any] | None = None
         self._seen_branches: tuple | None = None  # (session version, its branches)
+        # The store's command count when the branches and node mark were last read: they are
+        # still the store's until a command is written through it or `recheck` (another window's
+        # changes: the screen's follow check). A key press then reads nothing it holds; a command
+        # built on a state another process changed meanwhile is refused by the store
+        # (expected_version), never applied.
+        self._trusted_at: int | None = None
+        self.nodes_added = False  # the node table grew since the flag was last cleared
 
     def use_fingerprint(self, fingerprint: str) -> None:
         """Another model dtype or revision: its outputs and analyses are cached apart."""
@@ -76,12 +107,21 @@ class TreeView:
         if self._reader is not None:
             yield self._reader
             return
-        with self.store.reading() as reader:
-            self._reader, self._scope = reader, {}
-            try:
-                yield reader
-            finally:
-                self._reader = self._scope = None
+        reader = _LazyReader(self.store)
+        self._reader, self._scope = reader, {}
+        try:
+            yield reader
+        except BaseException as exc:
+            self._reader = self._scope = None
+            reader.close(exc)
+            raise
+        self._reader = self._scope = None
+        reader.close(None)
+
+    def recheck(self) -> None:
+        """The next read asks the store for the session's version (and branches, and new
+        nodes) again: after this window's own write, or to see another window's."""
+        self._trusted_at = None
 
     # ------------------------------------------------------------------ nodes
     def branches(self):
@@ -89,6 +129,9 @@ class TreeView:
         whether nodes were added since the tree caches were filled."""
         with self.reading() as r:
             branches = self._scope.get("branches")
+            if branches is None and self._trusted_at == self.store.commands_begun and self._seen_branches:
+                branches = self._scope["branches"] = self._seen_branches[1]
+                self._scope["marked"] = True  # no new nodes either: nodes come with events
             if branches is None:
                 # Branches are a function of the session's events: same version, same branches.
                 version = r.session_version(self.session_id)
@@ -99,6 +142,7 @@ class TreeView:
                     self._seen_branches = (version, branches)
                 self._scope["branches"] = branches
                 self._check_mark()
+                self._trusted_at = self.store.commands_begun
             return branches
 
     def version(self) -> int:
@@ -107,6 +151,8 @@ class TreeView:
         return self._seen_branches[0]
 
     def _check_mark(self) -> None:
+        if self._trusted_at == self.store.commands_begun:
+            return  # no command since the mark was read (see _trusted_at)
         with self.reading() as r:
             if self._scope.get("marked"):
                 return
@@ -115,6 +161,7 @@ class TreeView:
             if self._mark is None or mark == self._mark:
                 self._mark = mark
                 return
+            self.nodes_added = True
             new = r.nodes_after(self._mark, _NEW_NODES_INCREMENTAL) if mark > self._mark else None
             self._mark = mark
             if new is None:

@@ -39,6 +39,7 @@ class Worker:
         self._notify = notify
         self._todo: queue.SimpleQueue[Task | None] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[tuple[Task, object, BaseException | None]] = queue.SimpleQueue()
+        self._ready = threading.Event()  # set after each finished job (see `wait`)
         self._threads = [threading.Thread(target=self._loop, name=name, daemon=True) for _ in range(max(1, threads))]
         for thread in self._threads:
             thread.start()
@@ -54,10 +55,19 @@ class Worker:
                 self._done.put((job, job.run(), None))
             except BaseException as exc:  # noqa: BLE001 -- delivered to the UI thread as a failure
                 self._done.put((job, None, exc))
+            self._ready.set()
             try:
                 self._notify()
             except OSError:  # the UI is gone (pipe closed while quitting)
                 pass
+
+    def wait(self, timeout: float) -> bool:
+        """Block the calling (UI) thread until a finished job is ready to deliver, at most
+        `timeout` seconds; whether one is."""
+        self._ready.clear()
+        if not self._done.empty():  # cleared after it was set: the job is there
+            return True
+        return self._ready.wait(timeout)
 
     def deliver(self) -> int:
         """Apply finished jobs on the calling (UI) thread; returns how many."""
@@ -99,6 +109,10 @@ class InlineWorker:
             self._done.append((job, job.run(), None))
         except Exception as exc:  # noqa: BLE001 -- delivered as a failure, like the thread
             self._done.append((job, None, exc))
+
+    def wait(self, timeout: float) -> bool:
+        """Never waits: a test sees the "waiting" screen until it delivers (`settle`)."""
+        return False
 
     def deliver(self) -> int:
         done, self._done = self._done, []

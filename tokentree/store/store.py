@@ -37,6 +37,9 @@ class Store:
         self.path = path
         self.engine = engine  # reads: deferred BEGIN
         self.write_engine = write_engine  # same pool, BEGIN IMMEDIATE
+        # Command transactions begun through this Store (events: branches and nodes may have
+        # changed). A reader that holds them in memory reads again when this moves.
+        self.commands_begun = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -110,6 +113,7 @@ class Store:
     @contextmanager
     def writing(self) -> Iterator[Commands]:
         """Commands in ONE BEGIN IMMEDIATE transaction, committed when the block ends."""
+        self.commands_begun += 1
         with self.write_transaction() as conn:
             yield Commands(conn, self.path)
 
@@ -370,13 +374,18 @@ class Store:
 
     # ------------------------------------------------------------------ model-output cache (writes)
 
-    def put_outputs(self, items: Sequence[tuple[bytes, NodeOutput]], fingerprint: str) -> None:
-        """Store many nodes' outputs (e.g. a whole prefill) in ONE transaction."""
+    def put_outputs(self, items: Sequence[tuple[bytes, NodeOutput]], fingerprint: str, *,
+                    vocab_key: str | None = None, pieces: Mapping[int, bytes] | None = None) -> None:
+        """Store many nodes' outputs (e.g. a whole prefill) in ONE transaction, with the
+        token bytes (`pieces`, of `vocab_key`) they show."""
         items = list(items)
-        if not items:
+        if not items and not pieces:
             return
         with self.write_transaction() as conn:
-            cache.put_outputs(conn, items, fingerprint)
+            if items:
+                cache.put_outputs(conn, items, fingerprint)
+            if pieces:
+                cache.put_token_bytes(conn, vocab_key, pieces, ())
 
     def put_analysis(self, prefix_key: bytes, fingerprint: str, analysis: Analysis) -> None:
         with self.write_transaction() as conn:

@@ -35,6 +35,9 @@ from tokentree.core.worker import Worker
 log = logging.getLogger(__name__)
 
 FOLLOW_SECONDS = 0.5  # how often the screen checks for changes made by another window
+# A key's own model work (an uncached append's pass) that ends within this is drawn with the
+# key: one frame with the result, not a "waiting" frame whose drawing slows the pass, then it.
+QUICK_WAIT = 0.1
 
 
 class KeyRouter(urwid.WidgetWrap):
@@ -62,6 +65,7 @@ class ExplorerApp:
         self.show_tree = False
         self.show_help = False
 
+        self.draw: Callable[[], None] | None = None  # draws the screen now (the terminal's main loop)
         self.prompt = PromptPane()
         self.table = CandidateTable()
         self.branches = BranchList()
@@ -137,8 +141,24 @@ class ExplorerApp:
                 shown = display_key(key) if key else command
                 self.explorer.message = (f"{shown}: nothing to {command.replace('_', ' ')} "
                                          f"(press {self.keymap.hint('help')} for help)")
-        self.pump()
+        self.pump(speculate=False)
+        self._await_quick_work()
         self.refresh()
+        self.pump(draw_first=True)
+
+    def _await_quick_work(self) -> None:
+        """Give the key's own model work up to QUICK_WAIT to finish before the screen is
+        drawn (a threaded worker only; the inline one never waits). Only that task: a fill's
+        next tokens are drawn as they come."""
+        task = self.explorer.in_flight
+        if self.worker is None or task is None:
+            return
+        deadline = time.monotonic() + QUICK_WAIT
+        while self.explorer.in_flight is task and (left := deadline - time.monotonic()) > 0:
+            if not self.worker.wait(left):
+                return
+            self.worker.deliver()
+        self.pump(speculate=False)
 
     def press(self, *keys: str) -> None:
         """Feed keys as the terminal would (tests)."""
@@ -323,13 +343,18 @@ class ExplorerApp:
         self.pump()
         self.refresh()
 
-    def pump(self) -> None:
-        """Hand the explorer's next model job to the worker (one at a time)."""
+    def pump(self, *, speculate: bool = True, draw_first: bool = False) -> None:
+        """Hand the explorer's next model job to the worker (one at a time), then, with
+        `speculate`, the prefetches; `draw_first`: the screen is drawn before the first
+        prefetch starts (a key's screen first: speculative passes would slow its drawing)."""
         if self.worker is None:
             return
         while (job := self.explorer.take_job()) is not None:
             self.worker.submit(job)
-        while (job := self.explorer.take_prefetch()) is not None:
+        while speculate and (job := self.explorer.take_prefetch()) is not None:
+            if draw_first and self.draw is not None:
+                self.draw()
+                draw_first = False
             # A server's prefetches go to their own pool, beside the keys' own work; a local
             # model's one at a time on the model thread, taken only when it is idle.
             pool = self.prefetch_worker if job.beside and self.prefetch_worker else self.worker
@@ -341,8 +366,9 @@ class ExplorerApp:
         if self.prefetch_worker is not None:
             delivered += self.prefetch_worker.deliver()
         if delivered:
-            self.pump()
+            self.pump(speculate=False)
             self.refresh()
+            self.pump(draw_first=True)
 
     def settle(self, timeout: float = 60.0) -> None:
         """Run model work until idle (tests). Works with the inline and the threaded worker."""
@@ -413,6 +439,7 @@ def run_tui(explorer, config, *, load_engine: Callable[[], object] | None = None
     screen.set_terminal_properties(colors=pick_colors(os.environ))
     app = ExplorerApp(explorer, keymap)
     loop = urwid.MainLoop(app.root, build_palette(), screen=screen, handle_mouse=False)
+    app.draw = loop.draw_screen
 
     def wake(data: bytes) -> bool:
         if not data:

@@ -27,6 +27,7 @@ CJK and plain emoji are wide everywhere and stay as they are.
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections.abc import Sequence
 
@@ -90,7 +91,17 @@ def safe(text: str, *, mark_combining: bool = False) -> str:
     """`text` as the screen shows it: a terminal draws it exactly `width_of` columns wide."""
     if text.isascii():
         return text
+    return _safe_text(text, mark_combining)
+
+
+@functools.lru_cache(maxsize=8192)  # token texts repeat on every key press; the function is pure
+def _safe_text(text: str, mark_combining: bool) -> str:
     return "".join(_safe_chars(text, mark_combining=mark_combining))
+
+
+@functools.lru_cache(maxsize=16)
+def _safe_whole(whole: str) -> tuple[str, ...]:
+    return tuple(_safe_chars(whole, mark_combining=False))
 
 
 def safe_markup(pieces: Sequence[tuple[object, str]]) -> list[tuple[object, str]]:
@@ -99,7 +110,7 @@ def safe_markup(pieces: Sequence[tuple[object, str]]) -> list[tuple[object, str]
     whole = "".join(text for _, text in pieces)
     if whole.isascii():
         return list(pieces)
-    chars = _safe_chars(whole, mark_combining=False)
+    chars = _safe_whole(whole)
     out, at = [], 0
     for attr, text in pieces:
         out.append((attr, "".join(chars[at : at + len(text)])))

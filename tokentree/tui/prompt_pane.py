@@ -30,6 +30,7 @@ class PromptPane(urwid.WidgetWrap):
         self.info = urwid.Text("", wrap="clip")
         self.legend = urwid.Text("")  # wraps: a long sampler description stays readable
         self.box = Box(urwid.Pile([self.body, ("pack", self.info), ("pack", self.legend)]), title="prompt")
+        self._shown: tuple = (None, None, None)  # the body, legend and info markup last set
         super().__init__(self.box)
 
     def rows_needed(self, maxcol: int) -> int:
@@ -56,9 +57,15 @@ class PromptPane(urwid.WidgetWrap):
             markup.append((attr, tok.text))
         markup = safe_markup(markup)  # judged as one text: a sequence split across tokens
         markup.append(("cursor", "\u258f"))
-        self.body.set_markup(markup)
-        self.legend.set_text(self._legend(snap))
-        self.info.set_text(self._info(snap))
+        # Set only what changed: a new text is laid out again and the pane drawn again.
+        if markup != self._shown[0]:
+            self.body.set_markup(markup)
+        legend, info = self._legend(snap), self._info(snap)
+        if legend != self._shown[1]:
+            self.legend.set_text(legend)
+        if info != self._shown[2]:
+            self.info.set_text(info)
+        self._shown = (markup, legend, info)
         self.box.set_title(f"prompt \u00b7 {snap.prompt_view} view")
 
     @staticmethod

@@ -30,6 +30,8 @@ class _StatusLine(urwid.WidgetWrap):
         super().__init__(urwid.AttrMap(self.text, "status"))
 
     def set_parts(self, **parts) -> None:
+        if parts == self.parts:
+            return  # the same line: keep its drawn canvas
         self.parts = parts
         self._built_at = None
         self._invalidate()
@@ -84,6 +86,7 @@ class StatusBar(urwid.WidgetWrap):
         self.hint = hint
         self.cancel_hint = cancel_hint  # the key that stops a fill, as bound
         self.message = urwid.Text("")
+        self._message: object = ""  # the message line's markup as last set
         self.line = _StatusLine()
         self.pile = urwid.Pile([self.message, self.line])
         self.editor: urwid.Widget | None = None
@@ -101,11 +104,14 @@ class StatusBar(urwid.WidgetWrap):
         st = snap.status
         search = [("search", safe(snap.search)), "  "] if snap.search else []
         if st.error:
-            self.message.set_text(search + [("error", safe(st.error))])
+            message = search + [("error", safe(st.error))]
         elif search or snap.message:
-            self.message.set_text(search + [("message", safe(snap.message or ""))])
+            message = search + [("message", safe(snap.message or ""))]
         else:
-            self.message.set_text("")
+            message = ""
+        if message != self._message:  # an unchanged line keeps its drawn canvas
+            self.message.set_text(message)
+            self._message = message
         if st.origin in ("forward", "request"):  # a local pass, or a server's request
             what = "forward pass" if st.origin == "forward" else "request"
             origin = f"{what} {st.ms:.0f} ms" if st.ms is not None else what
