@@ -523,16 +523,18 @@ def inproc_all(work: Path, gguf: Path, ids, reps: int, log) -> dict:
     backend = LlamaBackend(gguf, name=bundled.NAME, threads=THREADS, top_k=config.top_k,
                            cache_size=config.display.cache_size)
     out = {}
-    store = Store.open(work / "inproc.db")
+    info = backend.info
     try:
-        info = backend.info
-        sid = store.start_session(model_name=info.name, fingerprint=info.fingerprint, vocab_key=info.vocab_key,
-                                  prompt_sources=["felt"])
-        for size in ((120, 36), (200, 50)):
-            out[f"{size[0]}x{size[1]}"] = inproc(backend, store, sid, ids, config, size, reps, log,
-                                                 label=f"gguf-{size[0]}")
+        for size in ((120, 36), (200, 50)):  # a database each: the second size's appends are uncached too
+            store = Store.open(work / f"inproc-{size[0]}.db")
+            try:
+                sid = store.start_session(model_name=info.name, fingerprint=info.fingerprint,
+                                          vocab_key=info.vocab_key, prompt_sources=["felt"])
+                out[f"{size[0]}x{size[1]}"] = inproc(backend, store, sid, ids, config, size, reps, log,
+                                                     label=f"gguf-{size[0]}")
+            finally:
+                store.close()
     finally:
-        store.close()
         backend.close()
     return out
 
@@ -568,6 +570,9 @@ def inproc_tree(work: Path, nodes: int, reps: int, log) -> dict:
         config = Config()
         from dataclasses import replace
 
+        # No influence view in the cycle: the stand-in computes nothing (every output is cached).
+        engine.capabilities = replace(engine.capabilities, influence=False, influence_note="the stand-in has none")
+
         config = replace(config, explore=replace(config.explore, prefetch=0))
         ex = Explorer(store, sid, config=config, model_name=MODEL_NAME, engine=engine)
         app = ExplorerApp(ex, build_keymap(config), worker=InlineWorker())
@@ -580,6 +585,10 @@ def inproc_tree(work: Path, nodes: int, reps: int, log) -> dict:
                             ("view change", "e")):
                 xs, counts = [], []
                 for _ in range(reps):
+                    if k == "right":  # back one token first (untimed): the append is of an explored child
+                        app.handle_key("left")
+                        app.settle()
+                        app.render(size)
                     split.counter.take()
                     t0 = time.perf_counter()
                     app.handle_key(k)
@@ -602,6 +611,88 @@ def inproc_tree(work: Path, nodes: int, reps: int, log) -> dict:
     return out
 
 
+# ------------------------------------------------------------------ the report
+
+
+def report(before: dict | None, after: dict, command: str) -> str:
+    """Markdown: the targets, then every figure before and after."""
+
+    def pty(d, size):
+        return next((r for r in (d or {}).get("pty", []) if r["size"] == size), {})
+
+    def cell(d, *path, fmt="{:.1f}"):
+        for k in path:
+            if not isinstance(d, dict) or k not in d:
+                return "-"
+            d = d[k]
+        return fmt.format(d) if isinstance(d, (int, float)) and not isinstance(d, bool) else str(d)
+
+    lines = [f"Command: `{command}`. Key to drawn screen: the real command in a pty at the size shown, "
+             "the time from writing the key to reading the end of the frame that shows its result; "
+             "bare decode: llama_decode of one token in a second process on the same GGUF, interleaved. "
+             "Load average at start/end of the after run: "
+             f"{tuple(round(x, 2) for x in after.get('loadavg_start', ()))} / "
+             f"{tuple(round(x, 2) for x in after.get('loadavg_end', ()))}.", "",
+             "| target | goal | before | after | met |", "|---|---|---|---|---|"]
+    for size in ("120x36", "200x50"):
+        b, a = pty(before, size), pty(after, size)
+        ratio = a.get("uncached_ratio")
+        lines.append(f"| uncached append, key to screen, {size} | <= 1.5x bare decode | "
+                     f"{cell(b, 'uncached_append_ms')} ms = {cell(b, 'uncached_ratio', fmt='{:.2f}')}x | "
+                     f"{cell(a, 'uncached_append_ms')} ms = {cell(a, 'uncached_ratio', fmt='{:.2f}')}x "
+                     f"(bare {cell(a, 'bare_decode_ms')} ms) | {'yes' if ratio and ratio <= 1.5 else '**no**'} |")
+        for name, key in (("cached pop", "cached_pop_ms"), ("cached append", "cached_append_ms"),
+                          ("branch switch", "branch_switch_ms"), ("view change", "view_change_ms")):
+            v = a.get(key)
+            lines.append(f"| {name}, key to screen, {size} | <= 5 ms | {cell(b, key)} ms | {cell(a, key)} ms | "
+                         f"{'yes' if v is not None and v <= 5 else '**no**'} |")
+        lines.append(f"| fill of {a.get('fill_tokens', '?')}, {size} | <= 1.2x as many bare decodes, each drawn | "
+                     f"{cell(b, 'fill_ratio', fmt='{:.2f}')}x, {cell(b, 'fill_lengths_drawn', fmt='{}')} drawn | "
+                     f"{cell(a, 'fill_ms', fmt='{:.0f}')} ms vs {cell(a, 'fill_bare_ms', fmt='{:.0f}')} ms = "
+                     f"{cell(a, 'fill_ratio', fmt='{:.2f}')}x, {cell(a, 'fill_lengths_drawn', fmt='{}')} of "
+                     f"{a.get('fill_tokens', '?')} drawn | {'yes' if a.get('fill_ratio', 9) <= 1.2 else '**no**'} |")
+        ok = a.get("held_applied") == a.get("held_keys") and a.get("held_in_order") and a.get("held_max_behind", 9) <= 1
+        lines.append(f"| held right arrow, 30 keys/s, {size} | all applied in order, <= 1 key behind | "
+                     f"{cell(b, 'held_applied', fmt='{}')}/{cell(b, 'held_keys', fmt='{}')}, "
+                     f"{cell(b, 'held_max_behind', fmt='{}')} behind | {cell(a, 'held_applied', fmt='{}')}/"
+                     f"{cell(a, 'held_keys', fmt='{}')}, in order {cell(a, 'held_in_order')}, "
+                     f"{cell(a, 'held_max_behind', fmt='{}')} behind, last drawn "
+                     f"{cell(a, 'held_last_key_to_screen_ms', fmt='{:.0f}')} ms after it | {'yes' if ok else '**no**'} |")
+    pb, pa = (before or {}).get("prefetch", {}), after.get("prefetch", {})
+    lines.append(f"| prefetch: top-4 appends drawn within 5 ms after a 100 ms pause | >= 90% | "
+                 f"{cell(pb, 'within_5ms', fmt='{:.0%}')} (median {cell(pb, 'median_ms')} ms) | "
+                 f"{cell(pa, 'within_5ms', fmt='{:.0%}')} (median {cell(pa, 'median_ms')} ms), "
+                 f"{cell(pa, 'extra_decodes_per_append', fmt='{:.2f}')} extra decodes per append | "
+                 f"{'yes' if pa.get('within_5ms', 0) >= 0.9 else '**no**'} |")
+    hb, ha = (before or {}).get("hf", {}), after.get("hf", {})
+    lines.append(f"| transformers (dequantized checkpoint): uncached append | <= 1.2x bare HF step | "
+                 f"{cell(hb, 'uncached_append_ms')} ms = {cell(hb, 'ratio', fmt='{:.2f}')}x | "
+                 f"{cell(ha, 'uncached_append_ms')} ms = {cell(ha, 'ratio', fmt='{:.2f}')}x (bare "
+                 f"{cell(ha, 'bare_step_ms')} ms) | {'yes' if ha.get('ratio', 9) <= 1.2 else '**no**'} |")
+    for size in ("120x36", "200x50"):
+        tb, ta = (before or {}).get("tree", {}).get(size, {}), after.get("tree", {}).get(size, {})
+        for name in ("cached pop", "cached append", "branch switch", "view change"):
+            v = ta.get(name, {}).get("ms")
+            lines.append(f"| 100,000-node session, {name}, {size}, key to canvas (in process) | <= 5 ms | "
+                         f"{cell(tb, name, 'ms')} ms | {cell(ta, name, 'ms')} ms | "
+                         f"{'yes' if v is not None and v <= 5 else '**no**'} |")
+    lines += ["", "In process (ExplorerApp, inline worker, key to rendered canvas; the GGUF at 2 threads): "
+              "where the time goes, and the store's work per key (statements / read transactions / write "
+              "transactions; an uncached append's second write is the model's outputs).", "",
+              "| size | key | before ms | after ms | after: canvas | snapshot + panes | SQL | command + model | "
+              "statements before / after | reads before / after | writes before / after |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for size, keys in (after.get("inproc") or {}).items():
+        for key, r in keys.items():
+            old = ((before or {}).get("inproc") or {}).get(size, {}).get(key, {})
+            lines.append(f"| {size} | {key} | {cell(old, 'total', fmt='{:.2f}')} | {r['total']:.2f} | "
+                         f"{r['canvas']:.2f} | {r['refresh']:.2f} | {r['sql']:.2f} | {r['rest']:.2f} | "
+                         f"{cell(old, 'statements', fmt='{:.0f}')} / {r['statements']:.0f} | "
+                         f"{cell(old, 'reads', fmt='{:.0f}')} / {r['reads']:.0f} | "
+                         f"{cell(old, 'writes', fmt='{:.0f}')} / {r['writes']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -613,10 +704,16 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--keep", type=Path, help="keep the sessions and logs in this folder")
     ap.add_argument("--size", action="append", help="COLSxROWS for the pty section (default 120x36 and 200x50)")
+    ap.add_argument("--report", nargs=2, type=Path, metavar=("BEFORE", "AFTER"),
+                    help="print results.md's section from two --json files")
     ap.add_argument("--bare", nargs=2, metavar=("KIND", "MODEL"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.bare:
         return bare_main(*args.bare)
+    if args.report:
+        before, after = (json.loads(p.read_text(encoding="utf-8")) for p in args.report)
+        print(report(before, after, "uv run --no-sync python benchmarks/felt.py --json F"), end="")
+        return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from tokentree.lm import bundled
     from tokentree.lm.llama import LlamaBackend
