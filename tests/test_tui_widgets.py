@@ -368,6 +368,22 @@ def test_model_work_never_blocks_the_ui(store):
     app.worker.shutdown()
 
 
+def test_a_quick_pass_is_drawn_with_its_key(store):
+    """An uncached append whose pass ends within `quick_wait`: the screen the key leaves shows
+    the new node's candidates (no "waiting" frame before them), through the real worker."""
+    engine = FakeEngine()
+    app = make_app(store, engine, worker=Worker())
+    app.quick_wait = 60.0  # a deadline, not a pause: the instant fake pass decides, not the machine's load
+    try:
+        for _ in range(3):
+            passes = engine.forward_passes
+            app.press("right")  # no settle: what the key itself drew
+            assert engine.forward_passes == passes + 1 and not app.snapshot.waiting and app.snapshot.candidates
+            assert "waiting for the model" not in "\n".join(lines(app))
+    finally:
+        app.worker.shutdown()
+
+
 def test_worker_applies_results_on_the_calling_thread():
     from tokentree.core.worker import Task
 

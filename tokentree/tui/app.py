@@ -66,6 +66,7 @@ class ExplorerApp:
         self.show_help = False
 
         self.draw: Callable[[], None] | None = None  # draws the screen now (the terminal's main loop)
+        self.quick_wait = QUICK_WAIT
         self.prompt = PromptPane()
         self.table = CandidateTable()
         self.branches = BranchList()
@@ -131,6 +132,7 @@ class ExplorerApp:
         return self.keymap.commands[command].handler({**self.explorer.targets(), "app": self})
 
     def run_command(self, command: str, key: str | None = None) -> None:
+        running = self.explorer.in_flight  # work from before the key (a model load) is not waited for
         self.explorer.message = None
         try:
             done = self.handler(command)()
@@ -142,18 +144,18 @@ class ExplorerApp:
                 self.explorer.message = (f"{shown}: nothing to {command.replace('_', ' ')} "
                                          f"(press {self.keymap.hint('help')} for help)")
         self.pump(speculate=False)
-        self._await_quick_work()
+        self._await_quick_work(running)
         self.refresh()
         self.pump(draw_first=True)
 
-    def _await_quick_work(self) -> None:
-        """Give the key's own model work up to QUICK_WAIT to finish before the screen is
+    def _await_quick_work(self, running) -> None:
+        """Give the key's own model work up to `quick_wait` s to finish before the screen is
         drawn (a threaded worker only; the inline one never waits). Only that task: a fill's
-        next tokens are drawn as they come."""
+        next tokens are drawn as they come, and work `running` before the key is not waited for."""
         task = self.explorer.in_flight
-        if self.worker is None or task is None:
+        if self.worker is None or task is None or task is running:
             return
-        deadline = time.monotonic() + QUICK_WAIT
+        deadline = time.monotonic() + self.quick_wait
         while self.explorer.in_flight is task and (left := deadline - time.monotonic()) > 0:
             if not self.worker.wait(left):
                 return
