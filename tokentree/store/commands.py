@@ -139,6 +139,10 @@ class Commands:
     def __init__(self, conn: Connection, db_path: Path) -> None:
         self.conn = conn
         self.read = Reader(conn, db_path)
+        # (session, version) known in this transaction: it holds the write lock, so only its
+        # own events move a version it has read (the second read of it is saved).
+        self._known_version: tuple[int, int] | None = None
+        self.projected = None  # what the last event's projection returned (an append: the new node)
 
     # ------------------------------------------------------------------ the event log
 
@@ -149,7 +153,8 @@ class Commands:
         project it. ConcurrencyError when that version exists already."""
         if type_ not in ev.EVENT_TYPES:
             raise StoreError(f"unknown event type {type_!r}")
-        current = self.read.version(session_id)
+        known = self._known_version
+        current = known[1] if known is not None and known[0] == session_id else self.read.version(session_id)
         expected = current if expected_version is None else expected_version
         if expected > current:
             raise ConcurrencyError(f"session {session_id} is at version {current}, not {expected}")
@@ -173,7 +178,8 @@ class Commands:
             payload=ev.load_payload(body),
             created_at=created_at,
         )
-        projector.apply(self.conn, event)
+        self.projected = projector.apply(self.conn, event)
+        self._known_version = (session_id, expected + 1)
         return event
 
     def _append(self, session_id: int, data: EventData, expected_version: int | None) -> Event:
@@ -186,6 +192,7 @@ class Commands:
         if expected_version is None:
             return
         current = self.read.version(session_id)
+        self._known_version = (session_id, current)
         if current != expected_version:
             raise StaleCommand(
                 f"session {session_id} was changed in another window (now at version {current}, "
@@ -274,7 +281,7 @@ class Commands:
         self._check_version(session_id, expected_version)
         branch = self._live_branch(session_id, branch_id)
         self._append(session_id, ev.TokenAppended(branch_id, token_id, branch.node_id, group), expected_version)
-        return self.conn.execute(_SEL_BRANCH_NODE, {"bid": branch_id}).scalar_one()
+        return self.projected  # the projector's new node for the branch
 
     def pop_token(
         self, session_id: int, branch_id: int, *, expected_version: int | None = None, group: int | None = None

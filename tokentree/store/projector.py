@@ -254,6 +254,7 @@ def _token_appended(conn: Connection, ev: Event, p: TokenAppended) -> None:
     child = _child(conn, _node(conn, p.from_node), int(p.token_id), _session(conn, sid).vocab_key)
     _set_node(conn, branch, p.from_node, child.id)
     _explore(conn, sid, child.id)
+    return child.id
 
 
 def _token_popped(conn: Connection, ev: Event, p: TokenPopped) -> None:
@@ -436,8 +437,9 @@ def _decode(seq: int, type_name: str, payload: dict[str, Any]) -> EventData:
         raise ProjectionError(f"event {seq}: {exc}") from None
 
 
-def apply(conn: Connection, event: Event) -> None:
-    """Apply one event to the projections (inside the caller's transaction)."""
+def apply(conn: Connection, event: Event):
+    """Apply one event to the projections (inside the caller's transaction). Returns what
+    its handler does: token.appended, the branch's new node id; else None."""
     data = _decode(event.seq, event.type, event.payload)
     last = conn.execute(_SEL_CHECKPOINT).scalar()
     if last is not None and event.seq <= last:
@@ -445,11 +447,12 @@ def apply(conn: Connection, event: Event) -> None:
     if not isinstance(data, SessionStarted):
         _session(conn, event.session_id)
     try:
-        HANDLERS[type(data)](conn, event, data)
+        result = HANDLERS[type(data)](conn, event, data)
     except (KeyError, TypeError) as exc:
         raise ProjectionError(f"malformed {event.type} event {event.seq}: {exc!r}") from None
     conn.execute(_TOUCH_SESSION, {"sid": event.session_id, "at": event.created_at, "seq": event.seq})
     conn.execute(_UPSERT_CHECKPOINT, {"seq": event.seq})
+    return result
 
 
 def wipe(conn: Connection) -> None:
