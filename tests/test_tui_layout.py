@@ -471,3 +471,48 @@ def test_every_row_is_screen_wide_with_wide_characters(store, wide_engine, size)
     for _ in range(len(app.snapshot.candidates)):
         app.press("down")
         assert_exact_width(screen_rows(app, size), cols)
+
+
+# ------------------------------------------------------------------ the prompt pane's tail
+
+
+def _long_prompt_snapshot(n: int):
+    from tokentree.core.snapshot import PromptToken, Snapshot, Status
+
+    words = "Natalia sold clips to 48 of her friends in April and then half as many in May".split()
+    toks = tuple(PromptToken(text=("\n" if i % 23 == 0 else " ") + words[i % len(words)], token_id=i % 97,
+                             appended=i >= n - 5, value=None, special=False) for i in range(n))
+    status = Status(model="m", device="cpu", dtype="float32", session_id=1, origin="cache", ms=None, busy=None,
+                    engine_ready=True)
+    return Snapshot(prompt=toks, prompt_view="plain", layer_view="off", candidates=(), selected=0,
+                    waiting=False, branches=(), status=status, message=None)
+
+
+def _content(canvas):
+    return [[(attr, text) for attr, _cs, text in row] for row in canvas.content()]
+
+
+def test_the_prompt_pane_lays_out_a_tail_and_draws_what_the_whole_text_draws():
+    from tokentree.tui.prompt_pane import PromptPane
+
+    snap = _long_prompt_snapshot(3000)
+    whole, cut = PromptPane(), PromptPane()
+    whole.update(snap)
+    cut.fit_screen(80 * 10)
+    cut.update(snap)
+    assert len(cut.body._text.text) < len(whole.body._text.text) / 4  # only a tail was laid out
+    for size in ((80, 10), (60, 8)):
+        assert _content(cut.render(size)) == _content(whole.render(size))
+        assert cut.rows_needed(size[0]) >= size[1]  # it still asks for all the rows it may have
+    cut.fit_screen(200 * 30)  # the terminal grew: the text is cut again, for the larger pane
+    assert _content(cut.render((200, 30))) == _content(whole.render((200, 30)))
+
+
+def test_line_tail_cuts_only_at_a_line_start():
+    from tokentree.tui.prompt_pane import line_tail
+
+    markup = [("a", "one two\nthree"), ("b", " four\nfive"), ("c", " six")]
+    assert line_tail(markup, 4) == [("b", "five"), ("c", " six")]
+    assert line_tail(markup, 12) == [("a", "three"), ("b", " four\nfive"), ("c", " six")]
+    assert line_tail(markup, 100) == markup  # shorter than asked: all of it
+    assert line_tail([("a", "no line starts " * 50)], 10) == [("a", "no line starts " * 50)]

@@ -319,6 +319,7 @@ class ExplorerApp:
     def _plan_body(self, size):
         """The prompt pane as tall as its text (up to PROMPT_SHARE), the rest to the table."""
         cols, rows = size
+        self.prompt.fit_screen(cols * prompt_height(rows, rows, self.PROMPT_SHARE))  # the most it shows
         return [("given", prompt_height(self.prompt.rows_needed(cols), rows, self.PROMPT_SHARE)), ("weight", 1)]
 
     def _plan_columns(self, size):

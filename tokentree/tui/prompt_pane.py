@@ -11,7 +11,26 @@ from tokentree.tui.cells import safe_markup
 from tokentree.tui.layout import BottomText, Box
 from tokentree.tui.palette import LEVELS, gradient_attr
 
-__all__ = ["PromptPane"]
+__all__ = ["PromptPane", "line_tail"]
+
+
+def line_tail(markup: list, chars: int) -> list:
+    """The end of `markup` (attribute, text) from the start of a line, holding at least
+    `chars` characters; all of it where no line starts early enough. A cut at a line start
+    wraps the rest exactly as the whole text wraps it."""
+    total = 0
+    for i in range(len(markup) - 1, -1, -1):
+        total += len(markup[i][1])
+        if total < chars:
+            continue
+        for j in range(i - 1, -1, -1):
+            attr, text = markup[j]
+            nl = text.rfind("\n")
+            if nl >= 0:
+                rest = text[nl + 1:]
+                return ([(attr, rest)] if rest else []) + list(markup[j + 1:])
+        return markup
+    return markup
 
 _VIEW_GRADIENT = {"probability": "prob", "entropy": "ent", "influence": "inf", "disagreement": "dis"}
 _VIEW_LEGEND = {
@@ -31,7 +50,20 @@ class PromptPane(urwid.WidgetWrap):
         self.legend = urwid.Text("")  # wraps: a long sampler description stays readable
         self.box = Box(urwid.Pile([self.body, ("pack", self.info), ("pack", self.legend)]), title="prompt")
         self._shown: tuple = (None, None, None)  # the body, legend and info markup last set
+        # The pane shows the end of the text: only a tail that would fill it twice is laid out
+        # (a 1,000-token prompt costs as much as the part in view). `screen_cells`: the most
+        # cells the pane had at the last draw; `_cut_for`: the size the text set was cut for.
+        self.screen_cells: int | None = None
+        self._full: list = []
+        self._cut_for: int | None = None
         super().__init__(self.box)
+
+    def fit_screen(self, cells: int) -> None:
+        """The pane may take up to `cells` cells: a text cut for a smaller pane is cut again."""
+        self.screen_cells = cells
+        if self._cut_for is not None and cells > self._cut_for:
+            self._cut_for = cells
+            self.body.set_markup(line_tail(self._full, 2 * cells))
 
     def rows_needed(self, maxcol: int) -> int:
         """The pane's height with all of its text in view: the wrapped prompt, the info and
@@ -59,7 +91,8 @@ class PromptPane(urwid.WidgetWrap):
         markup.append(("cursor", "\u258f"))
         # Set only what changed: a new text is laid out again and the pane drawn again.
         if markup != self._shown[0]:
-            self.body.set_markup(markup)
+            self._full, self._cut_for = markup, self.screen_cells
+            self.body.set_markup(line_tail(markup, 2 * self.screen_cells) if self.screen_cells else markup)
         legend, info = self._legend(snap), self._info(snap)
         if legend != self._shown[1]:
             self.legend.set_text(legend)
