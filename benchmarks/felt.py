@@ -611,6 +611,37 @@ def inproc_tree(work: Path, nodes: int, reps: int, log) -> dict:
     return out
 
 
+def pane_long_prompt(tokens: int, reps: int, log) -> dict:
+    """The prompt pane alone on a long prompt (no model): update + layout + render per key,
+    the whole text laid out (no screen size known) against the tail that fills the pane."""
+    from dataclasses import replace
+
+    from tokentree.core.snapshot import PromptToken, Snapshot, Status
+    from tokentree.tui.prompt_pane import PromptPane
+
+    words = "Natalia sold clips to 48 of her friends in April, and then she sold half as many".split()
+    toks = tuple(PromptToken(text=("\n" if i % 17 == 0 else " ") + words[i % len(words)], token_id=i % 500,
+                             appended=False, value=None, special=False) for i in range(tokens))
+    status = Status(model="m", device="cpu", dtype="float32", session_id=1, origin="cache", ms=None, busy=None,
+                    engine_ready=True)
+    snap = Snapshot(prompt=toks, prompt_view="plain", layer_view="off", candidates=(), selected=0, waiting=False,
+                    branches=(), status=status, message=None)
+    out = {}
+    for name, cells in (("whole text", None), ("tail", 120 * 14)):
+        pane, ts = PromptPane(), []
+        if cells:
+            pane.fit_screen(cells)
+        for k in range(reps):  # an append each time: a new text
+            t0 = time.perf_counter()
+            pane.update(replace(snap, prompt=toks[: tokens - reps + k]))
+            pane.rows_needed(118)
+            pane.render((120, 16))
+            ts.append(time.perf_counter() - t0)
+        out[name] = median(ts) * 1000
+    log(f"prompt pane, {tokens}-token prompt, 120x36: whole text {out['whole text']:.1f} ms, tail {out['tail']:.1f} ms")
+    return out
+
+
 # ------------------------------------------------------------------ the report
 
 
@@ -699,7 +730,7 @@ def report(before: dict | None, after: dict, command: str) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--only", choices=["pty", "inproc", "prefetch", "hf", "tree"], action="append")
+    ap.add_argument("--only", choices=["pty", "inproc", "prefetch", "hf", "tree", "pane"], action="append")
     ap.add_argument("--nodes", type=int, default=100_000)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--keep", type=Path, help="keep the sessions and logs in this folder")
@@ -726,7 +757,7 @@ def main(argv=None) -> int:
     probe = LlamaBackend(gguf, threads=THREADS)
     ids = probe.encode(prompt.read_text(encoding="utf-8"))
     probe.close()
-    want = set(args.only or ["pty", "inproc", "prefetch", "hf", "tree"])
+    want = set(args.only or ["pty", "inproc", "prefetch", "hf", "tree", "pane"])
     out: dict = {"loadavg_start": os.getloadavg()}
     t0 = time.perf_counter()
     sizes = [tuple(int(x) for x in s.split("x")) for s in args.size] if args.size else [(120, 36), (200, 50)]
@@ -746,6 +777,8 @@ def main(argv=None) -> int:
         if "inproc" in want:
             log("in process (ExplorerApp + InlineWorker, key to canvas):")
             out["inproc"] = inproc_all(work, gguf, ids, args.reps, log)
+        if "pane" in want:
+            out["pane"] = pane_long_prompt(8000, max(5, args.reps // 2), log)
         if "tree" in want and args.nodes:
             out["tree"] = inproc_tree(work, args.nodes, max(5, args.reps // 2), log)
     out["wall_s"] = time.perf_counter() - t0
