@@ -146,7 +146,7 @@ class ExplorerApp:
         self.pump(speculate=False)
         self._await_quick_work(running)
         self.refresh()
-        self.pump(draw_first=True)
+        self.pump(work=False, draw_first=True)  # the key's jobs are taken: only prefetches are left
 
     def _await_quick_work(self, running) -> None:
         """Give the key's own model work up to `quick_wait` s to finish before the screen is
@@ -346,13 +346,13 @@ class ExplorerApp:
         self.pump()
         self.refresh()
 
-    def pump(self, *, speculate: bool = True, draw_first: bool = False) -> None:
-        """Hand the explorer's next model job to the worker (one at a time), then, with
+    def pump(self, *, work: bool = True, speculate: bool = True, draw_first: bool = False) -> None:
+        """Hand the explorer's next model job to the worker (one at a time; `work`), then, with
         `speculate`, the prefetches; `draw_first`: the screen is drawn before the first
         prefetch starts (a key's screen first: speculative passes would slow its drawing)."""
         if self.worker is None:
             return
-        while (job := self.explorer.take_job()) is not None:
+        while work and (job := self.explorer.take_job()) is not None:
             self.worker.submit(job)
         while speculate and (job := self.explorer.take_prefetch()) is not None:
             if draw_first and self.draw is not None:
@@ -371,7 +371,7 @@ class ExplorerApp:
         if delivered:
             self.pump(speculate=False)
             self.refresh()
-            self.pump(draw_first=True)
+            self.pump(work=False, draw_first=True)
 
     def settle(self, timeout: float = 60.0) -> None:
         """Run model work until idle (tests). Works with the inline and the threaded worker."""
